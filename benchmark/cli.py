@@ -1,0 +1,224 @@
+"""Command line: ``python -m benchmark {run,teacher,list,report,status}``.
+
+Every bad input (unknown name, bad value, impossible combination, missing data) ends with a one-line
+``error: ...`` on stderr and exit status 2, before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import launch as launch_mod
+from .config import ConfigError, parse_assignments
+from .data import DataError
+from .records import Cell
+from .registry import DATASETS, METHODS, MODELS, UnknownNameError
+from .runner import RunOptions, resolve_cell
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits 2 (argparse prints the whole usage)."""
+
+    def error(self, message):  # noqa: D401
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _load_plugins() -> None:
+    import methods  # noqa: F401  (registers every method)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds expects comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise UsageError("--seeds is empty")
+    return seeds
+
+
+def add_cell_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default="all",
+                   help="'all' (every method), a comma list, or shell patterns such as 'fast*' (default: all)")
+    p.add_argument("--dataset", default="digits", help="dataset name (default: digits, embedded)")
+    p.add_argument("--teacher", default=None, help="teacher architecture (default: the dataset's)")
+    p.add_argument("--student", default=None, help="student architecture (default: the dataset's)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--budget", default="default", choices=["smoke", "default", "paper"],
+                   help="smoke: seconds, for tests; default: the digits benchmark; paper: the authors' recipes")
+    p.add_argument("--teacher-ckpt", default=None, help="load this teacher checkpoint instead of training one")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a run or method config value (repeatable), e.g. --set iterations=50")
+
+
+def add_io_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=None, help="folder holding the datasets other than digits")
+    p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--out", default="results", help="output folder for records (default: results)")
+    p.add_argument("--teacher-cache", default=None, help="teacher checkpoint cache (default: OUT/teachers)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cells_from_args(args: argparse.Namespace) -> list[Cell]:
+    """Expand the command line into cells and resolve each one (raises on any bad input)."""
+    _load_plugins()
+    methods = METHODS.select(args.methods, default_all=lambda n: True)
+    spec = DATASETS.get(args.dataset)
+    teacher = args.teacher or spec.default_teacher
+    student = args.student or spec.default_student
+    MODELS.get(teacher), MODELS.get(student)
+    overrides = tuple(sorted(parse_assignments(args.overrides).items()))
+    if args.teacher_ckpt and not Path(args.teacher_ckpt).is_file():
+        raise UsageError(f"--teacher-ckpt {args.teacher_ckpt}: no such file")
+    cells = [Cell(m, spec.name, teacher, student, seed, args.budget, overrides, args.teacher_ckpt)
+             for m in methods for seed in _seeds(args.seeds)]
+    for cell in cells:
+        resolve_cell(cell)
+    return cells
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    from .env import resolve_device
+
+    resolve_device(args.device)
+    return RunOptions(out=Path(args.out), data_root=args.data_root, download=args.download, device=args.device,
+                      force=getattr(args, "force", False),
+                      teacher_cache=Path(args.teacher_cache) if args.teacher_cache else None,
+                      progress=not args.no_progress)
+
+
+def check_data(args: argparse.Namespace, cells: list[Cell]) -> None:
+    """Open each dataset's splits once, so a missing data root fails before any work or write."""
+    for name in sorted({c.dataset for c in cells}):
+        spec = DATASETS.get(name)
+        spec.load("test", args.data_root, args.download)
+        spec.load("train", args.data_root, args.download)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cells = cells_from_args(args)
+    options = options_from_args(args)
+    check_data(args, cells)
+    records = launch_mod.launch(cells, options, args)
+    if records:
+        print_summary(records)
+        return 0 if all(r.get("status") == "done" for r in records) else 1
+    return 0
+
+
+def print_summary(records: list[dict]) -> None:
+    rows = [("method", "seed", "status", "teacher", "student", "best", "time (s)")]
+    for r in records:
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        status = r.get("status", "?") + (" (skipped)" if r.get("skipped") else "")
+        rows.append((r["method"], str(r["seed"]), status, fmt(r.get("teacher_acc")), fmt(r.get("final_acc")),
+                     fmt(r.get("best_acc")), fmt(r.get("wall_time_s"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    for r in records:
+        if r.get("status") == "failed":
+            print(f"failed: {r['method']} seed {r['seed']}: {r.get('error')}", file=sys.stderr)
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from .env import resolve_device
+    from .models import check_model_fits
+    from .teachers import get_teacher
+
+    spec = DATASETS.get(args.dataset)
+    arch = args.arch or spec.default_teacher
+    check_model_fits(arch, spec.image_shape)
+    device = resolve_device(args.device)
+    spec.load("train", args.data_root, args.download)
+    cache = Path(args.teacher_cache) if args.teacher_cache else Path(args.out) / "teachers"
+    _, info = get_teacher(spec, arch, args.seed, device, cache, args.data_root, args.download,
+                          progress=not args.no_progress)
+    print(f"teacher {spec.name}/{arch} seed {args.seed}: {info['test_acc']:.2f}% top-1 "
+          f"({info['source']}, {info['time_s']:.1f} s) -> {info['checkpoint']}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    _load_plugins()
+    if args.what == "methods":
+        for name in METHODS.list(args.pattern):
+            cls = METHODS.get(name)
+            kind = "data-free" if cls.data_free else "reference"
+            print(f"{name:14s} {kind:10s} {cls.citation}")
+    elif args.what == "models":
+        for name in MODELS.list(args.pattern):
+            entry = MODELS.get(name)
+            print(f"{name:14s} {entry.description}")
+    else:
+        for name in DATASETS.list(args.pattern):
+            s = DATASETS.get(name)
+            shape = "x".join(map(str, s.image_shape))
+            print(f"{name:14s} {s.num_classes:4d} classes  {shape:9s} teacher {s.default_teacher} -> student {s.default_student}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m benchmark", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("run", help="run a grid of cells (methods x seeds) and write their records")
+    add_cell_arguments(p)
+    add_io_arguments(p)
+    p.add_argument("--force", action="store_true", help="rerun cells that already have a finished record")
+    launch_mod.add_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("teacher", help="train (or reuse from the cache) a teacher")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--arch", default=None, help="architecture (default: the dataset's teacher)")
+    p.add_argument("--seed", type=int, default=0)
+    add_io_arguments(p)
+    p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("list", help="list registered methods, models or datasets")
+    p.add_argument("what", choices=["methods", "models", "datasets"])
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'wrn*'")
+    p.set_defaults(func=cmd_list)
+
+    try:
+        from . import report
+    except ImportError:  # pragma: no cover - while the report package is being written
+        report = None
+    if report is not None and hasattr(report, "add_arguments"):
+        p = sub.add_parser("report", help="tables and figures from the records under OUT")
+        report.add_arguments(p)
+        p.set_defaults(func=report.command)
+
+    try:
+        from . import status
+    except ImportError:  # pragma: no cover
+        status = None
+    if status is not None:
+        p = sub.add_parser("status", help="done / running / pending / failed / missing cells under OUT")
+        status.add_arguments(p)
+        p.set_defaults(func=status.command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, UnknownNameError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

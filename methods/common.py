@@ -1,0 +1,62 @@
+"""Pieces shared by several methods: schedules, sampling helpers, temporarily frozen modules."""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+
+from benchmark.registry import METHODS
+
+
+def register_method(name: str):
+    """Class decorator: register a ``DFKDMethod`` subclass under ``name`` and set its ``name``."""
+
+    def add(cls):
+        cls.name = name
+        return METHODS.add(name, cls)
+
+    return add
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int = 0, eta_min_ratio: float = 0.0):
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``eta_min_ratio`` x the base LR at ``total``."""
+    total = max(total, 1)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(total - warmup, 1))
+        return eta_min_ratio + (1 - eta_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@contextlib.contextmanager
+def no_param_grad(module: nn.Module):
+    """Gradients still flow *through* ``module`` to its input, but none are computed for its parameters."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module):
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def balanced_labels(n: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, device=device) % num_classes

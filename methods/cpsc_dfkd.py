@@ -1,0 +1,224 @@
+"""CPSC-DFKD: conditional pseudo-supervised contrast for data-free knowledge distillation.
+
+Shao, Zhang, Wang, Pattern Recognition 143 (2023) 109781; authors' code: github.com/RoryShao/CPSC-DFKD
+(read at commit 1c6ade1; none of it is copied here).
+
+A conditional generator with categorical conditional BatchNorm (CFE blocks) synthesizes images of a requested
+class y. Each iteration runs ``g_steps`` generator updates (teacher fixed), then ``s_steps`` student updates
+on fresh, detached samples.
+
+Generator objective (minimised)::
+
+    -adv * KD(s, t) + alpha * IKD_G + beta * BN + gamma * SCL([s_feat, t_feat], y) + eta * CE(t, y)
+
+Student objective::
+
+    KD(s, t) + alpha * IKD_S + eta * CE(s, y)
+
+KD is KL(softmax(t) || softmax(s)) without temperature. IKD, the logit-distance term, has two forms:
+``ikd_form="log"`` (default): IKD_G = -log MSE(s, t), IKD_S = log ||t - s||_2; ``ikd_form="mse"``:
+IKD_G = -MSE(s, t), IKD_S = MSE(s, t). BN is DeepInversion's statistics prior on the teacher's BatchNorm
+layers. SCL is the supervised contrastive loss (Khosla et al. 2020, temperature 0.07, mode 'all') over the
+two views of each sample with the requested labels as positives. A weight of 0 removes a term entirely
+(the paper's ablations).
+
+Deviations from the released code (each chosen for the paper's intent; options keep released behaviour
+where it changes results):
+
+- IKD form: the released code picks the log form when the dataset is named ``cifar10`` and the unbounded
+  -MSE form otherwise. Here the form is a config choice, ``log`` by default for every dataset: -alpha*MSE
+  is unbounded below and drove the student to chance within 100 iterations on digits, while the log form
+  is scale-invariant and stable. ``ikd_form="mse"`` restores the other branch.
+- Cross-entropy is applied to logits. The released code feeds softmax probabilities to ``cross_entropy``
+  (softmax twice); ``ce_on_probabilities=True`` restores that.
+- The generator's Adam is built once; the released code rebuilds it at every generator step, so its moments
+  never accumulate (``reset_generator_optimizer=True`` restores that). Its MultiStepLR is attached to an
+  optimiser the loop never uses, so the generator LR here is constant, as it effectively is there.
+- Labels are drawn over the dataset's classes (the released code takes a ``--num_classes`` flag that can
+  disagree with the dataset); the teacher is frozen (no weight gradients); no autocast unless asked for;
+  no graph is built for the generator on student steps; the contrastive loss is a function, not a module
+  rebuilt every step; losses stay on the device.
+- Feature adapter: when the student's feature size differs from the teacher's, the student view passes
+  through a Linear-ReLU-Linear adapter to the teacher's size, as in the released code for wrn16_1/wrn40_1.
+  There it is never updated (the SCL gradient reaches it only on generator steps, and the student optimiser
+  zeroes it before stepping), i.e. it is a fixed random projection; here it is frozen explicitly. Features
+  are L2-normalised after the adapter (the released code normalises before it).
+- Student LR: linear warm-up over ``warmup_fraction`` of the budget (10 of 600 epochs in the recipe), then
+  cosine decay to 0, stepped per iteration rather than per epoch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmark.config import ConfigError
+from benchmark.losses import BatchNormStatistics, kd_kl, supervised_contrastive
+from benchmark.method import DFKDMethod
+from benchmark.models.generators import ConditionalGenerator
+
+from .common import balanced_labels, eval_mode, no_param_grad, register_method, warmup_cosine
+
+
+@dataclass
+class CPSCConfig:
+    batch_size: int = 512
+    nz: int = 256
+    ngf: int = 64
+    g_steps: int = 6
+    s_steps: int = 5
+    lr_g: float = 1e-3
+    beta1_g: float = 0.5
+    beta2_g: float = 0.999
+    lr_s: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 10 / 600
+    adv: float = 1.0              # weight of the adversarial -KD(s, t) generator term
+    alpha: float = 5.0            # IKD
+    beta: float = 1.0             # BN statistics
+    gamma: float = 0.7            # supervised contrastive
+    eta: float = 0.7              # cross-entropy on the requested label
+    temperature: float = 0.07     # SCL temperature
+    ikd_form: str = "log"         # log | mse
+    ce_on_probabilities: bool = False       # released-code compatibility: CE on softmax outputs
+    reset_generator_optimizer: bool = False  # released-code compatibility: new Adam at every generator step
+
+    def validate(self) -> None:
+        if self.ikd_form not in ("log", "mse"):
+            raise ConfigError(f"ikd_form must be 'log' or 'mse', got {self.ikd_form!r}")
+        for key in ("batch_size", "nz", "ngf"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1")
+        if self.g_steps < 0 or self.s_steps < 1:
+            raise ConfigError("g_steps must be >= 0 and s_steps >= 1")
+        if self.batch_size < 2 and self.gamma:
+            raise ConfigError("the contrastive term needs batch_size >= 2")
+
+
+_RECIPE = {"batch_size": 512, "g_steps": 6, "s_steps": 5, "iterations": 600 * 50, "eval_every": 50,
+           "log_every": 50, "checkpoint_every": 500, "quality_samples": 1000}
+
+
+@register_method("cpsc-dfkd")
+class CPSCDFKD(DFKDMethod):
+    Config = CPSCConfig
+    citation = ("Shao, Zhang, Wang. Conditional pseudo-supervised contrast for data-free knowledge "
+                "distillation. Pattern Recognition 143 (2023) 109781")
+    requires_bn = True
+    budgets = {
+        "smoke": {"iterations": 4, "eval_every": 2, "log_every": 2, "batch_size": 32, "s_steps": 2, "g_steps": 1,
+                  "quality_samples": 50},
+        # digits default: measured on a 2-core CPU (see README, "Default benchmark")
+        "default": {"iterations": 200, "eval_every": 20, "log_every": 10, "batch_size": 128, "g_steps": 1,
+                    "s_steps": 5, "quality_samples": 500},
+        # the released README's CIFAR-100 recipe: 600 epochs x 50 iterations, batch 512, G 6 / S 5
+        "paper:cifar100": dict(_RECIPE),
+        "paper:cifar10": dict(_RECIPE),
+        "paper:tiny-imagenet": dict(_RECIPE),
+    }
+
+    def __init__(self, ctx, cfg: CPSCConfig):
+        super().__init__(ctx, cfg)
+        spec = ctx.dataset
+        self.num_classes = spec.num_classes
+        self.generator = self.track("generator", ConditionalGenerator(spec.num_classes, spec.image_shape, cfg.nz, cfg.ngf).to(self.device))
+        self.opt_g = self.track("opt_g", self._make_generator_optimizer())
+        self.opt_s = self.track("opt_s", torch.optim.SGD(self.student.parameters(), lr=cfg.lr_s, momentum=cfg.momentum,
+                                                         weight_decay=cfg.weight_decay))
+        self.sched_s = self.track("sched_s", warmup_cosine(self.opt_s, ctx.iterations, round(cfg.warmup_fraction * ctx.iterations)))
+        self.bn_stats = BatchNormStatistics(self.teacher) if cfg.beta else None
+        self.adapter = None
+        if cfg.gamma:
+            s_dim, t_dim = self.student.feature_dim, self.teacher.feature_dim
+            if s_dim != t_dim:
+                self.adapter = nn.Sequential(nn.Linear(s_dim, s_dim), nn.ReLU(), nn.Linear(s_dim, t_dim)).to(self.device)
+                self.adapter.requires_grad_(False)
+                self.track("adapter", self.adapter)
+
+    def _make_generator_optimizer(self) -> torch.optim.Optimizer:
+        c = self.cfg
+        return torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=(c.beta1_g, c.beta2_g))
+
+    def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(n, self.cfg.nz, device=self.device)
+        y = torch.randint(0, self.num_classes, (n,), device=self.device)
+        return z, y
+
+    def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return F.cross_entropy(F.softmax(logits, 1) if self.cfg.ce_on_probabilities else logits, y)
+
+    def generator_step(self) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        if c.reset_generator_optimizer:
+            self.opt_g = self._stateful["opt_g"] = self._make_generator_optimizer()
+        z, y = self._draw(c.batch_size)
+        terms: dict[str, torch.Tensor] = {}
+        with no_param_grad(self.student), self.ctx.autocast():
+            x = self.generator(z, y)
+            self.counters["synthetic_images"] += x.shape[0]
+            if self.bn_stats is not None:
+                with self.bn_stats.recording():
+                    t_logits, t_feat = self.teacher_forward(x, features=True)
+                terms["bn"] = c.beta * self.bn_stats.loss()
+            else:
+                t_logits, t_feat = self.teacher_forward(x, features=True)
+            s_logits, s_feat = self.student(x, return_features=True)
+            if c.adv:
+                terms["adv"] = -c.adv * kd_kl(s_logits, t_logits)
+            if c.alpha:
+                mse = F.mse_loss(s_logits.float(), t_logits.detach().float())
+                terms["ikd"] = c.alpha * (-torch.log(mse) if c.ikd_form == "log" else -mse)
+            if c.gamma:
+                s_view = self.adapter(s_feat) if self.adapter is not None else s_feat
+                views = torch.stack([F.normalize(s_view.float(), dim=1), F.normalize(t_feat.float(), dim=1)], 1)
+                terms["scl"] = c.gamma * supervised_contrastive(views, y, c.temperature)
+            if c.eta:
+                terms["ce"] = c.eta * self._ce(t_logits, y)
+        if not terms:
+            raise ConfigError("cpsc-dfkd: every generator loss term is switched off; set g_steps=0 instead")
+        total = torch.stack(list(terms.values())).sum()
+        self.optimize(self.opt_g, total)
+        return {f"g_{k}": v.detach() for k, v in terms.items()} | {"g_total": total.detach()}
+
+    def student_step(self) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        z, y = self._draw(c.batch_size)
+        with self.ctx.autocast():
+            with torch.no_grad():
+                x = self.generator(z, y)
+                t_logits = self.teacher_forward(x)
+            self.counters["synthetic_images"] += x.shape[0]
+            s_logits = self.student(x)
+            terms = {"kd": kd_kl(s_logits, t_logits)}
+            if c.alpha:
+                diff = t_logits.float() - s_logits.float()
+                terms["ikd"] = c.alpha * (torch.log(torch.linalg.vector_norm(diff)) if c.ikd_form == "log"
+                                          else diff.pow(2).mean())
+            if c.eta:
+                terms["ce"] = c.eta * self._ce(s_logits, y)
+        total = torch.stack(list(terms.values())).sum()
+        self.optimize(self.opt_s, total)
+        self.counters["student_steps"] += 1
+        return {f"s_{k}": v.detach() for k, v in terms.items()} | {"s_total": total.detach()}
+
+    def train_iteration(self, iteration: int) -> dict[str, torch.Tensor]:
+        self.student.train()
+        self.generator.train()
+        logs: dict[str, torch.Tensor] = {}
+        for steps, step in ((self.cfg.g_steps, self.generator_step), (self.cfg.s_steps, self.student_step)):
+            for _ in range(steps):
+                for k, v in step().items():
+                    logs[k] = logs[k] + v / steps if k in logs else v / steps
+        self.sched_s.step()
+        return logs
+
+    @torch.no_grad()
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = balanced_labels(n, self.num_classes, self.device)
+        z = torch.randn(n, self.cfg.nz, device=self.device)
+        with eval_mode(self.generator):
+            return self.generator(z, y).float(), y
