@@ -59,7 +59,7 @@ from benchmark.losses import BatchNormStatistics, kd_kl, supervised_contrastive
 from benchmark.method import DFKDMethod
 from benchmark.models.generators import ConditionalGenerator
 
-from .common import balanced_labels, eval_mode, no_param_grad, register_method, warmup_cosine
+from ._common import balanced_labels, eval_mode, no_param_grad, register_method, warmup_cosine
 
 
 @dataclass
