@@ -104,10 +104,22 @@ def check_data(args: argparse.Namespace, cells: list[Cell]) -> None:
         spec.load("train", args.data_root, args.download)
 
 
+def check_teacher_checkpoints(cells: list[Cell]) -> None:
+    """Load each external teacher checkpoint into its architecture once, so a corrupt or mismatched file
+    fails in one line before anything runs."""
+    from .checkpoints import load_teacher_checkpoint
+    from .models import create_model
+
+    for ckpt, dataset, arch in sorted({(c.teacher_ckpt, c.dataset, c.teacher) for c in cells if c.teacher_ckpt}):
+        spec = DATASETS.get(dataset)
+        load_teacher_checkpoint(create_model(arch, spec.num_classes, spec.image_shape), ckpt)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cells = cells_from_args(args)
     options = options_from_args(args)
     check_data(args, cells)
+    check_teacher_checkpoints(cells)
     records = launch_mod.launch(cells, options, args)
     if records:
         print_summary(records)
