@@ -118,6 +118,18 @@ def test_overrides_and_budgets_are_separate_rows(tmp_path):
     assert table.cells[("cmi (default)", DIGITS)].stat.mean == 90.0
 
 
+def test_settings_every_record_shares_stay_out_of_the_labels(tmp_path):
+    for d in RUNS.glob("digits-*-cmi-*"):
+        rec = json.loads((d / "record.json").read_text())
+        rec["overrides"] = {"quality_samples": "200", **({"lr": "0.1"} if rec["seed"] == 2 else {})}
+        (tmp_path / d.name).mkdir()
+        (tmp_path / d.name / "record.json").write_text(json.dumps(rec))
+    df, _ = load_records([tmp_path])
+    assert sorted(set(df["variant"])) == ["cmi", "cmi [lr=0.1]"]
+    notes = accuracy_table(df, published=False).notes()
+    assert notes[0] == "Every run: budget default; --set quality_samples=200."
+
+
 # ---- the accuracy table ----------------------------------------------------------------------------------
 
 def test_golden_markdown_and_csv(df):

@@ -181,9 +181,11 @@ def sample_grids(df: pd.DataFrame, out_dir: Path, columns: list[Column]) -> list
         part = _in_column(done, col).sort_values("seed", kind="stable")
         panels = []
         for label, _, _ in _variants(part):
-            for png in part[part["variant"] == label]["samples_png"]:
+            sub = part[part["variant"] == label]
+            conditional = "quality_label_agreement" in sub and sub["quality_label_agreement"].notna().any()
+            for png in sub["samples_png"]:
                 if Path(png).is_file():
-                    panels.append((label, imread(png)))
+                    panels.append((label + ("\n(one row per class)" if conditional else ""), imread(png)))
                     break
         if not panels:
             continue

@@ -97,13 +97,33 @@ def _row(path: Path, rec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _variant(row: pd.Series, several_budgets: bool) -> str:
+def _pairs(overrides: str) -> list[str]:
+    return [p for p in overrides.split(",") if p]
+
+
+def _variant(row: pd.Series, several_budgets: bool, common: set[str]) -> str:
     label = row["method"]
-    if row["overrides"]:
-        label += f" [{row['overrides']}]"
+    own = [p for p in _pairs(row["overrides"]) if p not in common]
+    if own:
+        label += f" [{','.join(own)}]"
     if several_budgets:
         label += f" ({row['budget']})"
     return label
+
+
+def common_settings(df: pd.DataFrame) -> list[str]:
+    """The budget and ``--set`` overrides shared by every record (left out of the row labels)."""
+    if df.empty:
+        return []
+    out = []
+    budgets = sorted(set(df["budget"]))
+    if len(budgets) == 1:
+        out.append(f"budget {budgets[0]}")
+    sets = [set(_pairs(o)) for o in df["overrides"]]
+    common = sorted(set.intersection(*sets)) if sets else []
+    if common:
+        out.append("--set " + " ".join(common))
+    return out
 
 
 def load_records(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, list[str]]:
@@ -144,7 +164,8 @@ def load_records(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, list[str]]:
     quality_cols = sorted({k for r in rows for k in r if k.startswith(QUALITY_PREFIX)})
     df = pd.DataFrame(rows, columns=[c for c in BASE_COLUMNS if c != "variant"] + quality_cols)
     several_budgets = df["budget"].nunique() > 1
-    df.insert(2, "variant", [_variant(r, several_budgets) for _, r in df.iterrows()] if len(df) else [])
+    common = set.intersection(*[set(_pairs(o)) for o in df["overrides"]]) if len(df) else set()
+    df.insert(2, "variant", [_variant(r, several_budgets, common) for _, r in df.iterrows()] if len(df) else [])
     df = df.sort_values(["dataset", "teacher", "student", "method", "variant", "seed", "cell_id"], kind="stable")
     return df.reset_index(drop=True), problems
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .load import REFERENCE_METHODS, ReportError
+from .load import REFERENCE_METHODS, ReportError, common_settings
 from .published import Figure, Published, load_published
 
 # ---- orders and layouts --------------------------------------------------------------------------------
@@ -308,6 +308,7 @@ class AccuracyTable:
     significance: dict[Column, Significance | None]
     failures: list[str]
     alpha: float = ALPHA
+    settings: list[str] = field(default_factory=list)   # shared by every record, left out of the row labels
 
     # -- sources: numbered in the order the printed figures appear, then the alternatives
     def sources(self) -> list[Figure]:
@@ -333,6 +334,8 @@ class AccuracyTable:
 
     def notes(self) -> list[str]:
         notes = []
+        if self.settings:
+            notes.append(f"Every run: {'; '.join(self.settings)}.")
         sig = [f"{c.label}: {s.reason}" for c, s in self.significance.items() if s is not None]
         if sig:
             notes.append(f"Significance ({TEST_NAME}, α = {self.alpha:g}): " + "; ".join(sig) + ".")
@@ -484,7 +487,8 @@ def accuracy_table(df: pd.DataFrame, metric: str = "final", table: str = "all",
             for label in sig.best:
                 cells[(label, col)].best = True
                 cells[(label, col)].significant = sig.significant
-    return AccuracyTable(table, metric, columns, rows, cells, with_published, significance, failures, alpha)
+    return AccuracyTable(table, metric, columns, rows, cells, with_published, significance, failures, alpha,
+                         common_settings(df))
 
 
 # ---- cost ------------------------------------------------------------------------------------------------
