@@ -2,13 +2,18 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# One compute thread per test process (and per subprocess it starts, which inherit the variable): the
+# suite runs many small models, and several processes at once (SLURM array tasks, subprocess CLI tests)
+# on a 2-core machine; OpenMP threads oversubscribing the cores slow small kernels down by 10-100x.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
