@@ -48,9 +48,14 @@ def _seeds(text: str) -> list[int]:
 def add_cell_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="all",
                    help="'all' (every method), a comma list, or shell patterns such as 'fast*' (default: all)")
-    p.add_argument("--dataset", default="digits", help="dataset name (default: digits, embedded)")
+    p.add_argument("--dataset", default=None, help="dataset name (default: digits, embedded)")
+    p.add_argument("--datasets", default=None, metavar="A,B,...",
+                   help="comma list of datasets: the grid runs every pair on each (instead of --dataset)")
     p.add_argument("--teacher", default=None, help="teacher architecture (default: the dataset's)")
     p.add_argument("--student", default=None, help="student architecture (default: the dataset's)")
+    p.add_argument("--pairs", default=None, metavar="T:S,...|PRESET",
+                   help="teacher:student pairs, comma separated (instead of --teacher/--student), or a preset: "
+                        "'default' (each dataset's own pair) or 'standard' (the five CMI / Fast-Datafree pairs)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--budget", default="default", choices=["smoke", "default", "paper"],
                    help="smoke: seconds, for tests; default: the digits benchmark; paper: the authors' recipes")
@@ -69,18 +74,33 @@ def add_io_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cells_from_args(args: argparse.Namespace) -> list[Cell]:
-    """Expand the command line into cells and resolve each one (raises on any bad input)."""
+    """Expand the command line into cells (datasets x pairs x methods x seeds) and resolve each one
+    (raises on any bad input)."""
     _load_plugins()
     methods = METHODS.select(args.methods, default_all=lambda n: True)
-    spec = DATASETS.get(args.dataset)
-    teacher = args.teacher or spec.default_teacher
-    student = args.student or spec.default_student
-    MODELS.get(teacher), MODELS.get(student)
-    overrides = tuple(sorted(parse_assignments(args.overrides).items()))
+    dataset, datasets = getattr(args, "dataset", None), getattr(args, "datasets", None)
+    pairs_arg = getattr(args, "pairs", None)
+    if dataset and datasets:
+        raise UsageError("give --dataset or --datasets, not both")
+    if pairs_arg and (args.teacher or args.student):
+        raise UsageError("give --pairs or --teacher/--student, not both")
+    names = launch_mod.split_list(datasets or dataset or "digits", "--datasets")
+    specs = [DATASETS.get(name) for name in names]
     if args.teacher_ckpt and not Path(args.teacher_ckpt).is_file():
         raise UsageError(f"--teacher-ckpt {args.teacher_ckpt}: no such file")
-    cells = [Cell(m, spec.name, teacher, student, seed, args.budget, overrides, args.teacher_ckpt)
-             for m in methods for seed in _seeds(args.seeds)]
+    overrides = tuple(sorted(parse_assignments(args.overrides).items()))
+    seeds = _seeds(args.seeds)
+    cells: list[Cell] = []
+    for spec in specs:
+        if pairs_arg:
+            pairs = launch_mod.expand_pairs(pairs_arg, spec)
+        else:
+            pairs = [(args.teacher or spec.default_teacher, args.student or spec.default_student)]
+        for teacher, student in pairs:
+            MODELS.get(teacher), MODELS.get(student)
+            cells += [Cell(m, spec.name, teacher, student, seed, args.budget, overrides, args.teacher_ckpt)
+                      for m in methods for seed in seeds]
+    cells = list(dict.fromkeys(cells))      # a pair named twice runs once
     for cell in cells:
         resolve_cell(cell)
     return cells
