@@ -1,0 +1,574 @@
+"""Pieces shared by the model-inversion baselines (``deepinv``, ``cmi``, ``fast-*``).
+
+These three methods, as released in the zju-vipa DataFree / Fast-Datafree code, share one structure: each
+iteration (an "epoch" of the released scripts) runs one *synthesis round* that produces a batch of images,
+adds that batch to an ever-growing image pool, and then trains the student with ``kd_steps`` KD steps on
+batches drawn from the whole pool. This module holds that structure:
+
+- ``ImagePool``: the pool, kept in memory on the device (the released code writes every batch to PNG files
+  and rebuilds a 4-worker DataLoader over the folder at every round; only the speed differs). Images are
+  stored in pixel space [0, 1] and, by default, quantised to uint8 exactly as the PNG round trip does
+  (``floor(255 x) / 255``); an optional cap turns it into a ring buffer that replaces the oldest images.
+  Student batches walk a fresh random permutation of the pool after every round, as a new shuffled
+  DataLoader epoch does.
+- ``random_crop_flip`` / ``random_resized_crop`` / ``Normalizer``: batched, differentiable augmentations on
+  the device (the released code uses kornia on the generator output and torchvision transforms on the
+  pool images); random numbers come from the device's generator, so no host synchronisation is needed.
+- ``BNPrior``: DeepInversion's BatchNorm-statistics loss with Fast's optional momentum (``bn_mmt``).
+- ``FeatureMeans``: CMI's instance-mean features of chosen layers' inputs.
+- ``PixelGenerator``: the DataFree library's ``Generator`` (sigmoid output in pixel space), used by CMI and
+  Fast; ``reset_generator`` / ``reset_first_layer`` are their re-initialisations.
+- ``PoolDistillation``: the base class (student optimiser, cosine schedule, warm-up rounds, KD steps on the
+  pool, ``sample()``, checkpoint state).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmark.config import ConfigError
+from benchmark.losses import kd_kl
+from benchmark.method import DFKDMethod
+
+# ----------------------------------------------------------------------------------------------------------
+# image pool
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ImagePool:
+    """Synthesized images (pixel space, [0, 1]) and the labels they were synthesized for, in memory.
+
+    ``capacity`` is allocated up front (the run's rounds x synthesis batch, or the cap when smaller); when
+    full, new images overwrite the oldest ones. ``sample(n)`` walks a random permutation of the pool in
+    batches of ``n``; ``add`` starts a new permutation, like the released code's new DataLoader per round
+    (the last batch of a permutation may be smaller, as with ``drop_last=False``).
+    """
+
+    def __init__(self, capacity: int, image_shape: tuple[int, ...], device: torch.device, uint8: bool = True):
+        if capacity < 1:
+            raise ValueError("ImagePool capacity must be >= 1")
+        self.uint8 = uint8
+        self.device = device
+        self.image_shape = tuple(image_shape)
+        self.images = torch.zeros((capacity, *image_shape), dtype=torch.uint8 if uint8 else torch.float32, device=device)
+        self.labels = torch.zeros(capacity, dtype=torch.long, device=device)
+        self.count = 0     # filled slots
+        self.ptr = 0       # next slot to write
+        self.added = 0     # images ever added
+        self._perm: torch.Tensor | None = None
+        self._pos = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.images.shape[0]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.detach().float().clamp(0, 1)
+        return images.mul(255).to(torch.uint8) if self.uint8 else images   # truncation = the PNG round trip
+
+    def decode(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored.float().div_(255) if self.uint8 else stored.float()
+
+    @torch.no_grad()
+    def add(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        n = images.shape[0]
+        cap = self.capacity
+        if n > cap:                       # keep the newest
+            images, labels, n = images[-cap:], labels[-cap:], cap
+        enc = self._encode(images)
+        first = min(n, cap - self.ptr)
+        self.images[self.ptr:self.ptr + first] = enc[:first]
+        self.labels[self.ptr:self.ptr + first] = labels[:first]
+        if first < n:                     # wrap around
+            self.images[:n - first] = enc[first:]
+            self.labels[:n - first] = labels[first:]
+        self.ptr = (self.ptr + n) % cap
+        self.count = min(cap, self.count + n)
+        self.added += n
+        self._perm, self._pos = None, 0
+
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch (at most ``n`` images, pixel space float) of the current permutation."""
+        if self.count == 0:
+            raise RuntimeError("the image pool is empty: synthesize before sampling")
+        if self._perm is None or self._pos >= self._perm.numel():
+            self._perm, self._pos = torch.randperm(self.count, device=self.device), 0
+        idx = self._perm[self._pos:self._pos + n]
+        self._pos += n
+        return self.decode(self.images[idx]), self.labels[idx]
+
+    def state_dict(self) -> dict:
+        return {"images": self.images[:self.count].clone(), "labels": self.labels[:self.count].clone(),
+                "ptr": self.ptr, "count": self.count, "added": self.added,
+                "perm": None if self._perm is None else self._perm.clone(), "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        count = state["count"]
+        if count > self.capacity:
+            self.images = torch.zeros((count, *self.image_shape), dtype=self.images.dtype, device=self.device)
+            self.labels = torch.zeros(count, dtype=torch.long, device=self.device)
+        self.images[:count] = state["images"].to(self.device, self.images.dtype)
+        self.labels[:count] = state["labels"].to(self.device)
+        self.ptr, self.count, self.added = state["ptr"], count, state["added"]
+        self._perm = None if state["perm"] is None else state["perm"].to(self.device)
+        self._pos = state["pos"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# augmentations (batched, on the device, differentiable)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def crop_padding(image_shape: tuple[int, ...]) -> int:
+    """Padding of the random-crop augmentation: 4 px (the released CIFAR transforms), 2 px below 32 px."""
+    return 4 if min(image_shape[-2:]) >= 32 else 2
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool) -> torch.Tensor:
+    """Per-sample random crop from a zero-padded image (torchvision ``RandomCrop(size, padding)`` / kornia
+    ``RandomCrop``) and, if ``flip``, a per-sample horizontal flip with probability 1/2."""
+    b, c, h, w = x.shape
+    out = x
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        wp = w + 2 * pad
+        dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=x.device)
+        dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=x.device)
+        rows = torch.arange(h, device=x.device).view(1, h, 1) + dy
+        cols = torch.arange(w, device=x.device).view(1, 1, w) + dx
+        index = (rows * wp + cols).view(b, 1, h * w).expand(b, c, h * w)
+        out = padded.flatten(2).gather(2, index).view(b, c, h, w)
+    if flip:
+        mask = torch.rand(b, 1, 1, 1, device=x.device) < 0.5
+        out = torch.where(mask, out.flip(3), out)
+    return out
+
+
+def random_resized_crop(x: torch.Tensor, scale: tuple[float, float] = (0.25, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+    """Per-sample random resized crop back to the input size (kornia ``RandomResizedCrop``: area fraction
+    uniform in ``scale``, log aspect ratio uniform in ``ratio``; a crop that does not fit is clipped to the
+    image instead of kornia's 10 rejection tries), bilinear, then an optional random horizontal flip."""
+    b, c, h, w = x.shape
+    dev = x.device
+    area = torch.empty(b, device=dev).uniform_(*scale)
+    aspect = torch.exp(torch.empty(b, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1])))
+    cw = torch.sqrt(area * aspect).clamp(max=1.0)          # crop width / image width
+    ch = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(b, device=dev) * (1 - cw) + cw / 2) * 2 - 1   # crop centre in [-1, 1]
+    cy = (torch.rand(b, device=dev) * (1 - ch) + ch / 2) * 2 - 1
+    if flip:
+        sign = torch.where(torch.rand(b, device=dev) < 0.5, -1.0, 1.0)
+    else:
+        sign = torch.ones(b, device=dev)
+    zero = torch.zeros(b, device=dev)
+    theta = torch.stack([torch.stack([cw * sign, zero, cx], 1), torch.stack([zero, ch, cy], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), [b, c, h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class Normalizer:
+    """``(x - mean) / std`` per channel, and the inverse; also the valid range of normalised pixels."""
+
+    def __init__(self, mean: Iterable[float], std: Iterable[float], device: torch.device):
+        self.mean = torch.tensor(list(mean), device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(list(std), device=device).view(1, -1, 1, 1)
+        self.low = (0 - self.mean) / self.std
+        self.high = (1 - self.mean) / self.std
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+    def clip_(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp normalised images in place to the range of valid pixels (the released ``clip_images``)."""
+        return torch.maximum(torch.minimum(x, self.high, out=x), self.low, out=x)
+
+
+def resolve_mode(value: str, dataset_augment: str, key: str) -> bool:
+    """``auto`` follows the dataset's training augmentation (e.g. no flips for digits); ``on`` / ``off``."""
+    if value == "auto":
+        return "flip" in dataset_augment
+    if value in ("on", "off"):
+        return value == "on"
+    raise ConfigError(f"{key} must be auto, on or off, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# losses and hooks
+# ----------------------------------------------------------------------------------------------------------
+
+
+class BNPrior:
+    """DeepInversion's feature-statistics loss on a model's ``BatchNorm2d`` inputs (the released
+    ``DeepInversionHook``): per layer ``||running_var - var||_2 + ||running_mean - mean||_2`` with the batch's
+    biased variance, summed over layers. With ``momentum`` m > 0 (Fast's ``bn_mmt``), the batch statistics are
+    first blended with an exponential average of the statistics of earlier rounds:
+    ``(1 - m) * batch + m * average``; ``update_momentum()`` folds the last recorded statistics into that
+    average (called once per synthesis round, as in the released code). Hooks act only inside
+    ``recording()``, so other forward passes pay nothing."""
+
+    def __init__(self, model: nn.Module, momentum: float = 0.0):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        if not self.layers:
+            raise ConfigError(f"{type(model).__name__} has no BatchNorm2d layer for the BatchNorm-statistics loss")
+        self.momentum = momentum
+        self.average: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._index = {id(m): i for i, m in enumerate(self.layers)}
+        self._terms: list[torch.Tensor] = []
+        self._last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._active = False
+        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
+
+    def _hook(self, module, inputs, output):
+        if not self._active:
+            return
+        x = inputs[0].float()
+        # biased batch mean / variance per channel; shifted by the running mean (no cancellation near the
+        # optimum) and reduced over H, W first: 2-4x faster than var_mean on CPU, the same on GPU
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        ref = module.running_mean
+        y = x - ref.view(1, -1, 1, 1)
+        shift = y.sum((2, 3)).sum(0) / n
+        var = ((y * y).sum((2, 3)).sum(0) / n - shift * shift).clamp_min(0)
+        mean = shift + ref
+        i = self._index[id(module)]
+        self._last[i] = (mean.detach(), var.detach())
+        if self.average is not None and self.momentum:
+            m = self.momentum
+            mean = (1 - m) * mean + m * self.average[i][0]
+            var = (1 - m) * var + m * self.average[i][1]
+        self._terms.append(torch.linalg.vector_norm(module.running_var - var)
+                           + torch.linalg.vector_norm(module.running_mean - mean))
+
+    def recording(self):
+        prior = self
+
+        class _Recording:
+            def __enter__(self):
+                prior._terms = []
+                prior._active = True
+
+            def __exit__(self, *exc):
+                prior._active = False
+
+        return _Recording()
+
+    def loss(self) -> torch.Tensor:
+        if not self._terms:
+            raise RuntimeError("no BatchNorm statistics recorded: run the model inside recording()")
+        return torch.stack(self._terms).sum()
+
+    @torch.no_grad()
+    def update_momentum(self) -> None:
+        if not self._last:
+            return
+        last = [self._last[i] for i in range(len(self.layers))]
+        if self.average is None:
+            self.average = [(m.clone(), v.clone()) for m, v in last]
+        else:
+            k = self.momentum
+            self.average = [(k * am + (1 - k) * m, k * av + (1 - k) * v) for (am, av), (m, v) in zip(self.average, last)]
+
+    def state_dict(self) -> dict:
+        return {"average": None if self.average is None else [(m.clone(), v.clone()) for m, v in self.average]}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        avg = state["average"]
+        self.average = None if avg is None else [(m.to(device), v.to(device)) for m, v in avg]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+class FeatureMeans:
+    """CMI's features: the spatial mean of each chosen layer's *input*, per sample, concatenated over layers
+    (the released ``InstanceMeanHook``). Recorded only inside ``recording()``."""
+
+    def __init__(self, layers: list[nn.Module]):
+        if not layers:
+            raise ConfigError("no layers to take CMI features from")
+        self.layers = layers
+        self._index = {id(m): i for i, m in enumerate(layers)}
+        self._means: list[torch.Tensor | None] = [None] * len(layers)
+        self._active = False
+        self._handles = [m.register_forward_hook(self._hook) for m in layers]
+
+    def _hook(self, module, inputs, output):
+        if self._active:
+            self._means[self._index[id(module)]] = inputs[0].float().mean(dim=(2, 3))
+
+    def recording(self):
+        feats = self
+
+        class _Recording:
+            def __enter__(self):
+                feats._means = [None] * len(feats.layers)
+                feats._active = True
+
+            def __exit__(self, *exc):
+                feats._active = False
+
+        return _Recording()
+
+    def get(self) -> torch.Tensor:
+        if any(m is None for m in self._means):
+            raise RuntimeError("CMI features were not recorded for every layer")
+        return torch.cat(self._means, dim=1)  # type: ignore[arg-type]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def js_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The DataFree library's ``jsdiv`` (DeepInversion's adversarial term): with P, Q the softmaxes at
+    ``temperature`` and M their mean, all clamped to [0.01, 0.99], ``0.5 KL(M || P) + 0.5 KL(M || Q)``
+    averaged over the batch (no T^2 factor)."""
+    p = F.softmax(student_logits.float() / temperature, dim=1)
+    q = F.softmax(teacher_logits.float() / temperature, dim=1)
+    m = (0.5 * (p + q)).clamp(0.01, 0.99)
+    p, q = p.clamp(0.01, 0.99), q.clamp(0.01, 0.99)
+    return 0.5 * F.kl_div(torch.log(p), m, reduction="batchmean") + 0.5 * F.kl_div(torch.log(q), m, reduction="batchmean")
+
+
+def masked_disagreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """CMI / Fast's adversarial quantity: per-sample KL(softmax(t) || softmax(s)) at T=1, counted only where
+    student and teacher predict the same class, averaged over the batch. The generator *maximises* it (its
+    loss holds ``-adv * masked_disagreement``)."""
+    s, t = student_logits.float(), teacher_logits.float()
+    kl = F.kl_div(F.log_softmax(s, 1), F.softmax(t, 1), reduction="none").sum(1)
+    agree = (s.argmax(1) == t.argmax(1)).float()
+    return (kl * agree).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# generator
+# ----------------------------------------------------------------------------------------------------------
+
+
+class PixelGenerator(nn.Module):
+    """The DataFree / Fast-Datafree ``Generator`` used by CMI and Fast (not the Tanh+BN generator of DAFL):
+    ``l1`` = Linear(nz -> 2 ngf (H/4)(W/4)), then ``conv_blocks`` = BN, up x2, conv3x3, BN, LeakyReLU(0.2),
+    up x2, conv3x3, BN, LeakyReLU(0.2), conv3x3 -> channels, Sigmoid: images in pixel space [0, 1], normalised
+    afterwards. Module names follow the released code (``reset_first_layer`` targets ``l1.0`` and
+    ``conv_blocks.0``)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], nz: int = 256, ngf: int = 64):
+        super().__init__()
+        channels, height, width = image_shape
+        if height % 4 or width % 4:
+            raise ConfigError(f"the generator needs image sizes divisible by 4, got {height}x{width}")
+        self.nz = nz
+        self.init_shape = (2 * ngf, height // 4, width // 4)
+        self.l1 = nn.Sequential(nn.Linear(nz, 2 * ngf * (height // 4) * (width // 4)))
+        self.conv_blocks = nn.Sequential(
+            nn.BatchNorm2d(2 * ngf),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * ngf, 2 * ngf, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * ngf),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * ngf, ngf, 3, padding=1, bias=False),
+            nn.BatchNorm2d(ngf),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ngf, channels, 3, padding=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.conv_blocks(self.l1(z).view(z.shape[0], *self.init_shape))
+
+
+@torch.no_grad()
+def reset_generator(model: nn.Module) -> None:
+    """CMI's per-round re-initialisation: conv/linear weights N(0, 0.02), biases 0, BN weights N(1, 0.02),
+    BN biases 0 (running statistics are left alone; the generator always runs in training mode)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+@torch.no_grad()
+def reset_first_layer(model: nn.Module) -> None:
+    """Fast's ``reset_l0``: the modules named ``l1.0`` (the input Linear) and ``conv_blocks.0`` (the first
+    BatchNorm) get weights N(0, 0.02) and zero biases, as in the released code (which gives that BatchNorm
+    weights around 0, not 1)."""
+    for name, m in model.named_modules():
+        if name in ("l1.0", "conv_blocks.0"):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# base class
+# ----------------------------------------------------------------------------------------------------------
+
+
+def cosine_to(optimizer: torch.optim.Optimizer, total: int, eta_min: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """``CosineAnnealingLR(T_max=total, eta_min)`` in closed form (stepped once per training round)."""
+    base = optimizer.param_groups[0]["lr"]
+    ratio = eta_min / base if base else 0.0
+    total = max(total, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
+class PoolDistillation(DFKDMethod):
+    """One iteration = one synthesis round (``synthesize()``, implemented by the subclass, which adds its
+    images to ``self.pool``), then -- after ``warmup`` rounds -- ``kd_steps`` student steps of KD at
+    temperature ``T`` on augmented pool batches and one step of the cosine LR schedule.
+
+    The config must define: batch_size, synthesis_batch_size, kd_steps, lr, momentum, weight_decay, eta_min,
+    T, pool_size, pool_uint8, student_augment, flip (and optionally warmup)."""
+
+    requires_bn = True
+
+    def __init__(self, ctx, cfg):
+        super().__init__(ctx, cfg)
+        spec = ctx.dataset
+        self.spec = spec
+        self.num_classes = spec.num_classes
+        self.image_shape = tuple(spec.image_shape)
+        self.synthesis_batch = cfg.synthesis_batch_size or cfg.batch_size
+        self.warmup = getattr(cfg, "warmup", 0)
+        self.normalizer = Normalizer(spec.mean, spec.std, self.device)
+        augment = spec.teacher_recipe.augment
+        self.flip = resolve_mode(cfg.flip, augment, "flip")
+        self.pad = crop_padding(self.image_shape)
+        # the student's transform on pool images = the dataset's training transform, as in the released code
+        student_aug = augment if cfg.student_augment == "auto" else cfg.student_augment
+        if student_aug not in ("none", "crop", "crop+flip"):
+            raise ConfigError(f"student_augment must be auto, none, crop or crop+flip, got {cfg.student_augment!r}")
+        self.student_pad = self.pad if "crop" in student_aug else 0
+        self.student_flip = "flip" in student_aug
+        rounds = max(ctx.iterations, 1)
+        capacity = rounds * self.synthesis_batch
+        if cfg.pool_size:
+            capacity = min(capacity, cfg.pool_size)
+        self.pool = ImagePool(capacity, self.image_shape, self.device, uint8=cfg.pool_uint8)
+        self.opt_s = self.track("opt_s", torch.optim.SGD(self.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                                         weight_decay=cfg.weight_decay))
+        self.sched_s = self.track("sched_s", cosine_to(self.opt_s, ctx.iterations - self.warmup, cfg.eta_min))
+        self.round = 0
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+    def _model_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.ctx.channels_last else x
+
+    def _targets(self, n: int, sort: bool) -> torch.Tensor:
+        y = torch.randint(0, self.num_classes, (n,), device=self.device)
+        return y.sort().values if sort else y
+
+    def _step_all(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], key: str) -> None:
+        """zero_grad / backward / step for several optimizers sharing one loss (one GradScaler in fp16,
+        kept under a fixed key even when the optimizers are rebuilt every round)."""
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.ctx.precision == "fp16":
+            scaler = self._scalers.get(key)  # type: ignore[call-overload]
+            if scaler is None:
+                scaler = self._scalers[key] = torch.amp.GradScaler(self.device.type)  # type: ignore[index]
+            scaler.scale(loss).backward()
+            for opt in optimizers:
+                scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+
+    @staticmethod
+    def _accumulate(logs: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], weight: float) -> None:
+        for k, v in terms.items():
+            v = v.detach() * weight
+            logs[k] = logs[k] + v if k in logs else v
+
+    # ---- the iteration ---------------------------------------------------------------------------------
+    def synthesize(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def student_step(self) -> torch.Tensor:
+        c = self.cfg
+        x, _ = self.pool.sample(c.batch_size)
+        with torch.no_grad():
+            x = self._model_input(self.normalizer(random_crop_flip(x, self.student_pad, self.student_flip)))
+        with self.ctx.autocast():
+            with torch.no_grad():
+                t_logits = self.teacher_forward(x)
+            s_logits = self.student(x)
+            loss = kd_kl(s_logits, t_logits, c.T)
+        self.optimize(self.opt_s, loss)
+        self.counters["student_steps"] += 1
+        return loss.detach()
+
+    def train_iteration(self, iteration: int) -> dict[str, torch.Tensor]:
+        self.round += 1
+        self.teacher.eval()
+        was_training = self.student.training
+        self.student.eval()          # as in the released synthesizers: the student's BN uses running statistics
+        try:
+            logs = self.synthesize()
+        finally:
+            self.student.train(was_training)
+        if self.round > self.warmup:
+            self.student.train()
+            kd = None
+            for _ in range(self.cfg.kd_steps):
+                loss = self.student_step()
+                kd = loss if kd is None else kd + loss
+            if kd is not None:
+                logs["s_kd"] = kd / self.cfg.kd_steps
+            self.sched_s.step()
+        return logs
+
+    # ---- samples and state -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` pool images (normalised) and the labels they were synthesized for, drawn without
+        replacement when the pool is large enough (from a private RNG, so the run's RNG is untouched)."""
+        if len(self.pool) == 0:
+            raise NotImplementedError(f"{self.name}: the image pool is empty")
+        gen = torch.Generator().manual_seed(0)
+        count = len(self.pool)
+        idx = torch.randperm(count, generator=gen)[:n] if n <= count else torch.randint(0, count, (n,), generator=gen)
+        idx = idx.to(self.device)
+        return self.normalizer(self.pool.decode(self.pool.images[idx])), self.pool.labels[idx].clone()
+
+    def extra_state(self) -> dict:
+        return {"_pool": self.pool.state_dict(), "_round": self.round}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.pool.load_state_dict(state["_pool"])
+        self.round = state["_round"]
+
+
+def validate_common(cfg) -> None:
+    """Checks shared by the pool methods' configs."""
+    for key in ("batch_size", "kd_steps", "g_steps"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    for key in ("synthesis_batch_size", "pool_size"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.T <= 0:
+        raise ConfigError(f"T must be > 0, got {cfg.T}")
+    if cfg.flip not in ("auto", "on", "off"):
+        raise ConfigError(f"flip must be auto, on or off, got {cfg.flip!r}")
+    if cfg.student_augment not in ("auto", "none", "crop", "crop+flip"):
+        raise ConfigError(f"student_augment must be auto, none, crop or crop+flip, got {cfg.student_augment!r}")
