@@ -1,0 +1,284 @@
+"""Method-specific tests of the generator-based baselines dafl, dfad, zskt and dfq: gradient paths, loss
+signs, counters, the attention term of zskt and the presets."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import methods  # noqa: F401
+from benchmark.config import ConfigError
+from benchmark.data import get_dataset
+from benchmark.method import MethodContext
+from benchmark.models import create_model
+from benchmark.records import Cell
+from benchmark.registry import DATASETS, METHODS
+from benchmark.runner import resolve_cell
+from benchmark.teachers import get_teacher
+from methods.zskt import attention_loss, stage_modules
+
+GENERATIVE = ["dafl", "dfad", "zskt", "dfq"]
+ADVERSARIAL = ["dfad", "zskt", "dfq"]
+SMALL = {"batch_size": 16, "ngf": 8, "s_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def teacher(teacher_cache):
+    spec = get_dataset("digits")
+    model, _ = get_teacher(spec, spec.default_teacher, 0, torch.device("cpu"), teacher_cache, progress=False)
+    return model
+
+
+def build(name, teacher, iterations=10, **overrides):
+    spec = get_dataset("digits")
+    cls = METHODS.get(name)
+    cfg = dataclasses.replace(cls.Config(), **{**SMALL, **overrides})
+    cfg.validate()
+    torch.manual_seed(0)
+    student = create_model("cnn_narrow", spec.num_classes, spec.image_shape)
+    ctx = MethodContext(teacher=teacher, student=student, dataset=spec, device=torch.device("cpu"),
+                        iterations=iterations)
+    return cls(ctx, cfg)
+
+
+def only(name, term):
+    """Overrides that switch off every generator term of ``name`` except ``term``."""
+    weights = {"dafl": ("oh", "act", "balance"), "dfad": ("adv",), "zskt": ("adv",),
+               "dfq": ("adv", "bn", "oh", "balance")}[name]
+    return {w: (getattr(METHODS.get(name).Config(), w) if w == term else 0.0) for w in weights}
+
+
+def generator_grads(method, loss):
+    params = [p for p in method.generator.parameters()]
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    return [g for g in grads if g is not None]
+
+
+def terms_for_fresh_batch(method, n=16):
+    from methods._common import eval_mode, no_param_grad
+
+    method.generator.train()
+    x = method.generator(method.draw_z(n))
+    with no_param_grad(method.student), eval_mode(method.student):
+        return method.generator_terms(x)
+
+
+# ---- gradient paths ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_every_generator_term_sends_gradient_to_the_generator(name, teacher):
+    method = build(name, teacher)
+    terms = terms_for_fresh_batch(method)
+    expected = {"dafl": {"oh", "act", "balance"}, "dfad": {"adv"}, "zskt": {"adv"},
+                "dfq": {"bn", "oh", "adv", "balance"}}[name]
+    assert set(terms) == expected
+    for key, term in terms.items():
+        assert term.dim() == 0 and torch.isfinite(term), key
+        grads = generator_grads(method, term)
+        assert grads and sum(g.abs().sum() for g in grads) > 0, f"{name}: term {key} gives the generator no gradient"
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_teacher_gets_no_gradient_and_each_step_updates_only_its_network(name, teacher):
+    method = build(name, teacher)
+    # (a freshly trained teacher keeps the .grad of its last training step; freezing does not clear it)
+    for p in list(teacher.parameters()) + list(method.student.parameters()) + list(method.generator.parameters()):
+        p.grad = None
+    t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    s_before = {k: v.clone() for k, v in method.student.state_dict().items()}
+
+    method.generator_step()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None for p in method.student.parameters()), "generator step computed student gradients"
+    for k, v in method.student.state_dict().items():   # eval mode: not even the BN running statistics move
+        torch.testing.assert_close(v, s_before[k], msg=f"generator step changed student {k}")
+
+    for p in method.generator.parameters():
+        p.grad = None
+    g_before = {k: v.clone() for k, v in method.generator.state_dict().items()}
+    method.student_step()
+    assert all(p.grad is None for p in method.generator.parameters()), "student step computed generator gradients"
+    assert all(p.grad is None for p in teacher.parameters())
+    for k, v in method.generator.state_dict().items():   # eval-mode sampling leaves the generator as it was
+        torch.testing.assert_close(v, g_before[k], msg=f"student step changed generator {k}")
+    for k, v in teacher.state_dict().items():
+        torch.testing.assert_close(v, t_before[k])
+    assert teacher.training is False
+
+
+@pytest.mark.parametrize("name", ["dafl"])
+def test_dafl_generator_loss_does_not_involve_the_student(name, teacher):
+    method = build(name, teacher)
+    calls = []
+    handle = method.student.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        method.generator_step()
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+# ---- loss signs ------------------------------------------------------------------------------------------
+
+
+def discrepancy(method, x):
+    from methods.dfad import l1_discrepancy
+    from benchmark.losses import kd_kl
+
+    with torch.no_grad():
+        s, t = method.student(x), method.teacher(x)
+    return float(l1_discrepancy(s, t) if method.name == "dfad" else kd_kl(s, t))
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL)
+def test_adversarial_term_is_minus_the_student_teacher_discrepancy(name, teacher):
+    method = build(name, teacher, **only(name, "adv"))
+    method.student.eval()
+    terms = terms_for_fresh_batch(method)
+    assert float(terms["adv"].detach()) < 0, f"{name}: the generator must maximise the discrepancy (its loss is negative)"
+    # the adversarial term plays against the real student (Fast-Datafree's issue #11 gives KL(t, t) = 0)
+    assert abs(float(terms["adv"].detach())) > 1e-4
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL)
+def test_a_generator_step_increases_the_discrepancy(name, teacher):
+    """One small Adam step on a fixed latent batch moves the generator up the student-teacher discrepancy."""
+    method = build(name, teacher, lr_g=1e-4, **only(name, "adv"))
+    z = method.draw_z(16)
+    method.draw_z = lambda n: z
+    method.student.eval()
+    method.generator.train()
+    before = discrepancy(method, method.generator(z).detach())
+    for _ in range(3):
+        method.generator_step()
+    method.generator.train()
+    after = discrepancy(method, method.generator(z).detach())
+    assert after > before, f"{name}: discrepancy {before:.4f} -> {after:.4f} after generator steps"
+
+
+@pytest.mark.parametrize("name", ["dafl", "dfq"])
+def test_balance_and_one_hot_signs(name, teacher):
+    method = build(name, teacher)
+    terms = terms_for_fresh_batch(method)
+    import math
+
+    # balance = -weight * entropy of the mean prediction: minimising it spreads the classes
+    assert -math.log(10) * method.cfg.balance - 1e-4 <= float(terms["balance"].detach()) <= 0
+    assert float(terms["oh"].detach()) >= 0
+    if name == "dafl":
+        assert float(terms["act"].detach()) <= 0     # minus the mean absolute activation
+
+
+def test_dfq_bn_term_is_the_teacher_statistics_distance(teacher):
+    method = build("dfq", teacher, **only("dfq", "bn"))
+    terms = terms_for_fresh_batch(method)
+    assert float(terms["bn"].detach()) > 0
+    assert METHODS.get("dfq").requires_bn
+    lenet = create_model("lenet5", 10, (1, 32, 32))
+    with pytest.raises(ConfigError, match="BatchNorm"):
+        METHODS.get("dfq").check_compatible(lenet, get_dataset("digits"))
+
+
+# ---- zskt's attention transfer ------------------------------------------------------------------------
+
+
+def test_zskt_pairs_stages_by_spatial_size(teacher):
+    method = build("zskt", teacher)
+    assert len(method.pairs) == 3     # 16x16, 8x8 and 4x4 stages of cnn_wide / cnn_narrow
+
+
+@pytest.mark.parametrize("pair,expected", [(("wrn40_2", "wrn16_1"), 3), (("resnet34", "resnet18"), 4),
+                                           (("vgg11", "resnet18"), 4)])
+def test_zskt_stage_pairs_for_cifar_models(pair, expected):
+    t, s = (create_model(n, 10, (3, 32, 32)) for n in pair)
+    from methods.zskt import StageOutputs
+
+    probe = torch.zeros(2, 3, 32, 32)
+    t.eval(), s.eval()
+    with torch.no_grad():
+        _, t_out = StageOutputs(t).record(lambda: t(probe))
+        _, s_out = StageOutputs(s).record(lambda: s(probe))
+    sizes = {tuple(h.shape[2:]) for h in t_out} & {tuple(h.shape[2:]) for h in s_out}
+    assert len(sizes) == expected and len(stage_modules(t)) >= expected
+
+
+def test_attention_loss_is_zero_for_equal_maps_and_positive_otherwise():
+    a = torch.rand(4, 8, 6, 6)
+    assert float(attention_loss([a], [a])) == 0.0
+    assert float(attention_loss([a], [a.flip(3)])) > 0
+    assert float(attention_loss([a], [3 * a])) < 1e-12      # maps are normalised: scale does not matter
+
+
+def test_zskt_attention_term_trains_the_student_and_can_be_switched_off(teacher):
+    method = build("zskt", teacher)
+    logs = method.student_step()
+    assert {"s_kd", "s_at"} <= set(logs) and float(logs["s_at"]) > 0
+    x = method.synthesize(8)
+    terms = method.student_terms(x)
+    grads = torch.autograd.grad(terms["at"], [p for p in method.student.parameters()], allow_unused=True)
+    assert sum(g.abs().sum() for g in grads if g is not None) > 0
+    plain = build("zskt", teacher, at_beta=0.0)
+    assert set(plain.student_step()) == {"s_kd", "s_total"}
+
+
+# ---- loop, counters, samples ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_counters_and_logs_of_one_iteration(name, teacher):
+    method = build(name, teacher, g_steps=2, s_steps=3, batch_size=12, synthesis_batch_size=10)
+    logs = method.train_iteration(0)
+    assert method.counters == {"student_steps": 3, "synthetic_images": 2 * 10 + 3 * 12,
+                               "teacher_forwards": 2 * 10 + 3 * 12}
+    for key, value in logs.items():
+        assert value.dim() == 0 and not value.requires_grad, key
+    assert method.sched_s.last_epoch == 1
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_sample_returns_normalised_images_without_labels(name, teacher):
+    method = build(name, teacher)
+    before = dict(method.counters)
+    x, y = method.sample(7)
+    assert x.shape == (7, 1, 16, 16) and y is None
+    spec = get_dataset("digits")
+    lo, hi = (0 - spec.mean[0]) / spec.std[0], (1 - spec.mean[0]) / spec.std[0]
+    assert float(x.min()) >= lo - 1e-5 and float(x.max()) <= hi + 1e-5     # a sigmoid image, normalised
+    assert method.counters == before
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        dataclasses.replace(METHODS.get("dfad").Config(), sample_mode="bogus").validate()
+    with pytest.raises(ConfigError):
+        dataclasses.replace(METHODS.get("dafl").Config(), batch_size=0).validate()
+
+
+# ---- presets -------------------------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_datafree_recipe():
+    for name in GENERATIVE:
+        c = METHODS.get(name).Config()
+        assert (c.batch_size, c.g_steps, c.lr_s, c.lr_g, c.momentum, c.weight_decay) == (256, 1, 0.1, 1e-3, 0.9, 1e-4)
+        assert c.s_steps == (10 if name == "dfq" else 5)
+    assert METHODS.get("dafl").Config().nz == 512 and METHODS.get("dfad").Config().nz == 256
+    d = METHODS.get("dafl").Config()
+    assert (d.oh, d.act, d.balance) == (1.0, 0.001, 20.0)
+    q = METHODS.get("dfq").Config()
+    assert (q.adv, q.bn, q.oh, q.balance) == (1.0, 1.0, 1.0, 20.0)
+    assert METHODS.get("zskt").Config().at_beta == 250.0
+
+
+@pytest.mark.skipif(not {"cifar10", "cifar100"} <= set(DATASETS.list()), reason="CIFAR datasets not registered")
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_paper_presets(name):
+    r = resolve_cell(Cell(name, "cifar100", "wrn40_2", "wrn16_1", budget="paper"))
+    per_epoch = 40 if name == "dfq" else 80
+    assert r.run_cfg.iterations == 200 * per_epoch and r.method_cfg.batch_size == 256
+    assert r.method_cfg.ngf == 64 and r.method_cfg.lr_s == 0.1
+    r = resolve_cell(Cell(name, "cifar100", "resnet34", "resnet18", budget="paper"))
+    assert r.method_cfg.lr_s == (0.05 if name == "dfq" else 0.1)
+    assert resolve_cell(Cell(name, "cifar10", "resnet34", "resnet18", budget="paper")).method_cfg.lr_s == 0.1
