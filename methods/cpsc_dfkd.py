@@ -85,10 +85,20 @@ class CPSCConfig:
     ikd_form: str = "log"         # log | mse
     ce_on_probabilities: bool = False       # released-code compatibility: CE on softmax outputs
     reset_generator_optimizer: bool = False  # released-code compatibility: new Adam at every generator step
+    # layout of the synthetic images and the generator (speed only): auto = channels_last when the run asks for
+    # it (RunConfig.channels_last) or under bf16 autocast on a CPU, where oneDNN's bf16 convolutions need it
+    memory_format: str = "auto"   # auto | channels_last | contiguous
+    # the teacher labels the images of several student steps in one pass of up to this many images (speed
+    # only; 0: one pass per step)
+    teacher_pass_images: int = 1024
 
     def validate(self) -> None:
         if self.ikd_form not in ("log", "mse"):
             raise ConfigError(f"ikd_form must be 'log' or 'mse', got {self.ikd_form!r}")
+        if self.memory_format not in ("auto", "channels_last", "contiguous"):
+            raise ConfigError(f"memory_format must be auto, channels_last or contiguous, got {self.memory_format!r}")
+        if self.teacher_pass_images < 0:
+            raise ConfigError("teacher_pass_images must be >= 0")
         for key in ("batch_size", "nz", "ngf"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1")
@@ -126,9 +136,17 @@ class CPSCDFKD(DFKDMethod):
         spec = ctx.dataset
         self.num_classes = spec.num_classes
         self.generator = self.track("generator", ConditionalGenerator(spec.num_classes, spec.image_shape, cfg.nz, cfg.ngf).to(self.device))
+        self.channels_last = cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and (
+            ctx.channels_last or (ctx.precision == "bf16" and self.device.type == "cpu")))
+        if self.channels_last:
+            # The images enter teacher and student in channels_last, so their convolutions (and gradients)
+            # run in that layout whatever the layout of their weights; nothing else changes.
+            self.generator.to(memory_format=torch.channels_last)
         self.opt_g = self.track("opt_g", self._make_generator_optimizer())
+        # foreach SGD/Adam: bit-identical to the for-loop implementations (tests/test_fast_paths.py), fewer
+        # dispatches; the fused CPU kernels differ from them by an ulp, so they are not used
         self.opt_s = self.track("opt_s", torch.optim.SGD(self.student.parameters(), lr=cfg.lr_s, momentum=cfg.momentum,
-                                                         weight_decay=cfg.weight_decay))
+                                                         weight_decay=cfg.weight_decay, foreach=True))
         self.sched_s = self.track("sched_s", warmup_cosine(self.opt_s, ctx.iterations, round(cfg.warmup_fraction * ctx.iterations)))
         self.bn_stats = BatchNormStatistics(self.teacher) if cfg.beta else None
         self.adapter = None
@@ -141,12 +159,15 @@ class CPSCDFKD(DFKDMethod):
 
     def _make_generator_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
-        return torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=(c.beta1_g, c.beta2_g))
+        return torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=(c.beta1_g, c.beta2_g), foreach=True)
 
     def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(n, self.cfg.nz, device=self.device)
         y = torch.randint(0, self.num_classes, (n,), device=self.device)
         return z, y
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -159,7 +180,7 @@ class CPSCDFKD(DFKDMethod):
         z, y = self._draw(c.batch_size)
         terms: dict[str, torch.Tensor] = {}
         with no_param_grad(self.student), self.ctx.autocast():
-            x = self.generator(z, y)
+            x = self._layout(self.generator(z, y))
             self.counters["synthetic_images"] += x.shape[0]
             if self.bn_stats is not None:
                 with self.bn_stats.recording():
@@ -185,14 +206,35 @@ class CPSCDFKD(DFKDMethod):
         self.optimize(self.opt_g, total)
         return {f"g_{k}": v.detach() for k, v in terms.items()} | {"g_total": total.detach()}
 
-    def student_step(self) -> dict[str, torch.Tensor]:
+    def student_batches(self, steps: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Images, requested labels and teacher logits for ``steps`` student steps.
+
+        Each step's images come from their own generator pass (its BatchNorm normalises per batch, in train
+        mode, as before); the frozen teacher, in eval mode, labels the images of several steps in one pass of
+        up to ``teacher_pass_images`` images, which is the same function of each image as one pass per step.
+        Drawing all ``z, y`` first consumes the random stream in the same order as drawing them step by step.
+        """
         c = self.cfg
-        z, y = self._draw(c.batch_size)
-        with self.ctx.autocast():
-            with torch.no_grad():
-                x = self.generator(z, y)
+        per_pass = max(1, c.teacher_pass_images // c.batch_size) if c.teacher_pass_images else 1
+        out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        with torch.no_grad(), self.ctx.autocast():
+            for first in range(0, steps, per_pass):
+                xs, ys = [], []
+                for _ in range(min(per_pass, steps - first)):
+                    z, y = self._draw(c.batch_size)
+                    xs.append(self._layout(self.generator(z, y)))
+                    ys.append(y)
+                x = xs[0] if len(xs) == 1 else self._layout(torch.cat(xs))
                 t_logits = self.teacher_forward(x)
-            self.counters["synthetic_images"] += x.shape[0]
+                out.extend(zip(xs, ys, t_logits.split(c.batch_size)))
+        return out
+
+    def student_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One student update on ``batch`` (from ``student_batches``), or on a freshly synthesised one."""
+        c = self.cfg
+        x, y, t_logits = batch if batch is not None else self.student_batches(1)[0]
+        self.counters["synthetic_images"] += x.shape[0]
+        with self.ctx.autocast():
             s_logits = self.student(x)
             terms = {"kd": kd_kl(s_logits, t_logits)}
             if c.alpha:
@@ -209,11 +251,18 @@ class CPSCDFKD(DFKDMethod):
     def train_iteration(self, iteration: int) -> dict[str, torch.Tensor]:
         self.student.train()
         self.generator.train()
+        c = self.cfg
         logs: dict[str, torch.Tensor] = {}
-        for steps, step in ((self.cfg.g_steps, self.generator_step), (self.cfg.s_steps, self.student_step)):
-            for _ in range(steps):
-                for k, v in step().items():
-                    logs[k] = logs[k] + v / steps if k in logs else v / steps
+
+        def log(step_logs: dict[str, torch.Tensor], steps: int) -> None:
+            for k, v in step_logs.items():
+                logs[k] = logs[k] + v / steps if k in logs else v / steps
+
+        for _ in range(c.g_steps):
+            log(self.generator_step(), c.g_steps)
+        # the generator is fixed during the student steps, so their images can all be drawn now
+        for batch in self.student_batches(c.s_steps):
+            log(self.student_step(batch), c.s_steps)
         self.sched_s.step()
         return logs
 
