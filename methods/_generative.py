@@ -69,7 +69,7 @@ class GenerativeConfig:
     synthesis_batch_size: int = 0   # generator batch; 0: the same as batch_size (datafree_kd.py)
     nz: int = 256
     ngf: int = 64
-    generator_width: int = 4        # 4: CMI's LargeGenerator (used for these baselines there); 2: Fast-Datafree's Generator
+    generator_width: int = 4        # 4: CMI's LargeGenerator (its choice for these four); 2: Fast-Datafree's
     g_steps: int = 1
     s_steps: int = 5                # the scripts' --kd_steps
     lr_g: float = 1e-3

@@ -38,8 +38,9 @@ Deviations from the released code:
   44% and 39% (two seeds), 62.5 at 52%, 25 at 92% and 66%, 0 at 92% and 94%; with the paper's clipping at
   5, at_beta 250 gave 91% and 62% and 0 gave 95%. With the term on, the student's KL stayed at 0.75-4.9
   (0.3-0.5 without). The paper's beta was set for 32-pixel CIFAR maps (the term grows as 1/(H*W) and here
-  the 4x4 last stage of the small CNNs dominates) and for Adam with clipping. The ``smoke`` budget keeps
-  the paper's term so that the tests run it.
+  the 4x4 last stage of the small CNNs dominates) and for Adam with clipping. The digits budgets also use
+  a generator of width ngf 16 (``smoke``: 8, batch 32, 120 iterations); ``smoke`` keeps the paper's term
+  and clipping so that the tests run them.
 - Stages are paired by spatial size, so attention transfer also works across families (vgg11 -> resnet18);
   the paper's code requires teacher and student of the same family.
 - The scripts pass ``--T 20`` but the generative branch runs a temperature-1 KL; ``temperature`` (default 1)
@@ -142,8 +143,8 @@ class ZSKT(GenerativeBaseline):
         # seconds on a 2-core CPU; lands well above chance on digits (tests/test_methods.py)
         "smoke": {"iterations": 120, "eval_every": 40, "log_every": 10, "batch_size": 32, "ngf": 8,
                   "quality_samples": 50},
-        # the digits benchmark (16x16 grey images): a narrower generator and the library's zskt, i.e. without
-        # the attention term (with at_beta 250 the student ended at 39-44% (2 seeds); see the docstring)
+        # the digits benchmark (16x16 grey images, ~50 s of one CPU core): ngf 16, and the library's zskt,
+        # i.e. without the attention term (at_beta 250 ended at 39-44% over 2 seeds; see the docstring)
         "default": {"iterations": 150, "eval_every": 25, "log_every": 10, "batch_size": 128, "ngf": 16,
                     "at_beta": 0.0, "grad_clip": 0.0, "quality_samples": 500},
         # the DataFree library's script: batch 256, 200 epochs x 80 iterations, G 1 / S 5, no attention term
