@@ -77,6 +77,8 @@ def train_teacher(spec: DatasetSpec, arch: str, seed: int, device: torch.device,
 
 
 def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no parameter gradients (and none left over from training)."""
+    model.zero_grad(set_to_none=True)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
