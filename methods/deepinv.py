@@ -7,7 +7,8 @@ via DeepInversion. CVPR 2020. The recipe is the DataFree library's re-implementa
 zju-vipa/CMI copy was compared, see the deviations).
 
 Each iteration (one "epoch" of the released script, whose ``kd_steps = ep_steps = 400``) is one synthesis
-round and then ``kd_steps`` student steps:
+round and then ``kd_steps`` student steps (the script runs 1000 image steps per round; the CMI tables name
+the baseline "DeepInv-2k"):
 
 1. Synthesis: a batch of ``synthesis_batch_size`` images x ~ N(0, 1) in normalised space, with random
    target labels y, is optimised by Adam (``lr_g``, betas 0.5/0.99, a new optimiser each round) for
