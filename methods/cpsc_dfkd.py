@@ -85,8 +85,9 @@ class CPSCConfig:
     ikd_form: str = "log"         # log | mse
     ce_on_probabilities: bool = False       # released-code compatibility: CE on softmax outputs
     reset_generator_optimizer: bool = False  # released-code compatibility: new Adam at every generator step
-    # layout of the synthetic images and the generator (speed only): auto = channels_last when the run asks for
-    # it (RunConfig.channels_last) or under bf16 autocast on a CPU, where oneDNN's bf16 convolutions need it
+    # layout of the synthetic images and the generator (speed only): auto = channels_last on a CPU (oneDNN's
+    # convolutions run 1.2x (fp32) to 1.4x (bf16) faster in it, docs/performance.md) and wherever the run asks
+    # for it (RunConfig.channels_last); contiguous (NCHW) otherwise
     memory_format: str = "auto"   # auto | channels_last | contiguous
     # the teacher labels the images of several student steps in one pass of up to this many images (speed
     # only; 0: one pass per step)
@@ -136,8 +137,8 @@ class CPSCDFKD(DFKDMethod):
         spec = ctx.dataset
         self.num_classes = spec.num_classes
         self.generator = self.track("generator", ConditionalGenerator(spec.num_classes, spec.image_shape, cfg.nz, cfg.ngf).to(self.device))
-        self.channels_last = cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and (
-            ctx.channels_last or (ctx.precision == "bf16" and self.device.type == "cpu")))
+        self.channels_last = cfg.memory_format == "channels_last" or (
+            cfg.memory_format == "auto" and (ctx.channels_last or self.device.type == "cpu"))
         if self.channels_last:
             # The images enter teacher and student in channels_last, so their convolutions (and gradients)
             # run in that layout whatever the layout of their weights; nothing else changes.
