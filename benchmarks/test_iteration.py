@@ -10,16 +10,18 @@ training):
 - ``cifar``: wrn40_2 -> wrn16_2 at 3x32x32, batch 64, the method's ``default`` budget config otherwise
   (for CPSC-DFKD: 1 generator step + 5 student steps, the issue's definition of an iteration).
 
-and two precisions: ``fp32`` (the plain path) and ``default`` (RunConfig's defaults, resolved for this
-machine: bf16 autocast on a CPU with AMX/AVX512-BF16; skipped where it resolves to the plain path).
+and two precisions: ``fp32`` (``precision=fp32``, RunConfig's ``channels_last`` and ``compile`` off) and
+``default`` (RunConfig's defaults, resolved for this machine: bf16 autocast on a CPU with AMX/AVX512-BF16;
+skipped where they resolve to the plain path).
 
-Command (from the repository root; docs/performance.md)::
+Command (from the repository root; docs/performance.md explains the baseline and a CPU-time variant for
+busy machines)::
 
     python -m pytest benchmarks --benchmark-enable --benchmark-only \
-        --benchmark-storage=file://benchmarks/baseline --benchmark-compare --benchmark-compare-fail=median:25%
+        --benchmark-storage=file://benchmarks/baseline --benchmark-compare=0001 --benchmark-compare-fail=median:20%
 
-``--benchmark-enable`` overrides pyproject's ``--benchmark-disable``; add ``--benchmark-save=<name>`` to
-record a new baseline, ``-k cpsc`` to select methods, ``--bench-rounds N`` for more timed iterations.
+``--benchmark-enable`` overrides pyproject's ``--benchmark-disable``; ``--benchmark-save=<name>`` records a new
+baseline, ``-k cpsc`` selects methods, ``--bench-rounds N`` sets the timed iterations (default 3).
 """
 from __future__ import annotations
 

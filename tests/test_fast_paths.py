@@ -154,18 +154,3 @@ def test_auto_precision_follows_the_cpu():
     expected = "bf16" if env.cpu_supports_bf16() else "fp32"
     assert env.resolve_precision("auto", torch.device("cpu")) == expected
 
-
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_one_teacher_pass_for_several_student_steps_changes_nothing(precision):
-    """The teacher labels the images of all student steps in one pass: same students as one pass per step."""
-    results = []
-    for images_per_pass in (1024, 0):
-        method = make(precision=precision, s_steps=5, teacher_pass_images=images_per_pass)
-        torch.manual_seed(3)
-        logs = method.train_iteration(0)
-        results.append((method, logs))
-    (batched, logs_b), (single, logs_s) = results
-    for (name, x), y in zip(batched.student.state_dict().items(), single.student.state_dict().values()):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
-    assert logs_b.keys() == logs_s.keys()
-    assert batched.counters == single.counters
