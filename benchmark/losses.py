@@ -1,9 +1,13 @@
 """Loss terms shared by several DFKD methods."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .config import ConfigError
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -15,19 +19,26 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
 
 
 class BatchNormStatistics:
-    """DeepInversion's feature-statistics prior (Yin et al., CVPR 2020).
+    """DeepInversion's feature-statistics prior (Yin et al., CVPR 2020), with Fast's optional momentum.
 
     Forward hooks on every BatchNorm layer of ``model`` compute, while ``recording()`` is active,
     ``||running_var - batch_var||_2 + ||running_mean - batch_mean||_2`` of each layer's input (biased
-    variance, as in the DeepInversion and CPSC-DFKD code). ``loss()`` sums them over the layers.
-    Outside ``recording()`` the hooks do nothing, so student steps pay nothing for them.
+    variance, as in the DeepInversion, DataFree and CPSC-DFKD code). ``loss()`` sums them over the layers.
+    With ``momentum`` m > 0 (Fast, Fang et al. AAAI 2022, ``bn_mmt``) the batch statistics are first blended
+    with an exponential average of earlier rounds' statistics, ``(1 - m) * batch + m * average``;
+    ``update_momentum()`` folds the last recorded statistics into that average (once per synthesis round,
+    as in the released code). Outside ``recording()`` the hooks do nothing, so other passes pay nothing.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, momentum: float = 0.0):
         self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.layers:
-            raise ValueError(f"{type(model).__name__} has no BatchNorm layer")
+            raise ConfigError(f"{type(model).__name__} has no BatchNorm layer for the BatchNorm-statistics loss")
+        self.momentum = momentum
+        self.average: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._index = {id(m): i for i, m in enumerate(self.layers)}
         self._terms: list[torch.Tensor] = []
+        self._last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._active = False
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
 
@@ -35,27 +46,58 @@ class BatchNormStatistics:
         if not self._active:
             return
         x = inputs[0].float()
-        dims = [0] + list(range(2, x.dim()))
-        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-        self._terms.append(torch.norm(module.running_var - var, 2) + torch.norm(module.running_mean - mean, 2))
+        # biased batch mean / variance per channel, shifted by the running mean (no cancellation near the
+        # optimum) and reduced over the spatial dimensions first: 2-4x faster than var_mean on CPU
+        spatial = tuple(range(2, x.dim()))
+        n = x.numel() // x.shape[1]
+        ref = module.running_mean
+        y = x - ref.view(1, -1, *[1] * len(spatial))
+        y_sum, y_sq = (y.sum(spatial), (y * y).sum(spatial)) if spatial else (y, y * y)
+        shift = y_sum.sum(0) / n
+        var = (y_sq.sum(0) / n - shift * shift).clamp_min(0)
+        mean = shift + ref
+        i = self._index[id(module)]
+        if self.momentum:
+            self._last[i] = (mean.detach(), var.detach())
+            if self.average is not None:
+                m = self.momentum
+                mean = (1 - m) * mean + m * self.average[i][0]
+                var = (1 - m) * var + m * self.average[i][1]
+        self._terms.append(torch.linalg.vector_norm(module.running_var - var)
+                           + torch.linalg.vector_norm(module.running_mean - mean))
 
+    @contextlib.contextmanager
     def recording(self):
-        stats = self
-
-        class _Ctx:
-            def __enter__(self):
-                stats._terms = []
-                stats._active = True
-
-            def __exit__(self, *exc):
-                stats._active = False
-
-        return _Ctx()
+        self._terms = []
+        self._active = True
+        try:
+            yield self
+        finally:
+            self._active = False
 
     def loss(self) -> torch.Tensor:
         if not self._terms:
-            raise RuntimeError("no BatchNorm statistics recorded: run the teacher inside recording()")
+            raise RuntimeError("no BatchNorm statistics recorded: run the model inside recording()")
         return torch.stack(self._terms).sum()
+
+    @torch.no_grad()
+    def update_momentum(self) -> None:
+        if not self._last:
+            return
+        last = [self._last[i] for i in range(len(self.layers))]
+        if self.average is None:
+            self.average = [(m.clone(), v.clone()) for m, v in last]
+        else:
+            k = self.momentum
+            self.average = [(k * am + (1 - k) * m, k * av + (1 - k) * v)
+                            for (am, av), (m, v) in zip(self.average, last)]
+
+    def state_dict(self) -> dict:
+        return {"average": None if self.average is None else [(m.clone(), v.clone()) for m, v in self.average]}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        avg = state["average"]
+        self.average = None if avg is None else [(m.to(device), v.to(device)) for m, v in avg]
 
     def remove(self) -> None:
         for h in self._handles:

@@ -14,7 +14,6 @@ batches drawn from the whole pool. This module holds that structure:
 - ``random_crop_flip`` / ``random_resized_crop`` / ``Normalizer``: batched, differentiable augmentations on
   the device (the released code uses kornia on the generator output and torchvision transforms on the
   pool images); random numbers come from the device's generator, so no host synchronisation is needed.
-- ``BNPrior``: DeepInversion's BatchNorm-statistics loss with Fast's optional momentum (``bn_mmt``).
 - ``FeatureMeans``: CMI's instance-mean features of chosen layers' inputs.
 - ``PixelGenerator``: the DataFree library's ``Generator`` (sigmoid output in pixel space), used by CMI and
   Fast; ``reset_generator`` / ``reset_first_layer`` are their re-initialisations.
@@ -23,6 +22,7 @@ batches drawn from the whole pool. This module holds that structure:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable
 
@@ -208,89 +208,6 @@ def resolve_mode(value: str, dataset_augment: str, key: str) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 
 
-class BNPrior:
-    """DeepInversion's feature-statistics loss on a model's ``BatchNorm2d`` inputs (the released
-    ``DeepInversionHook``): per layer ``||running_var - var||_2 + ||running_mean - mean||_2`` with the batch's
-    biased variance, summed over layers. With ``momentum`` m > 0 (Fast's ``bn_mmt``), the batch statistics are
-    first blended with an exponential average of the statistics of earlier rounds:
-    ``(1 - m) * batch + m * average``; ``update_momentum()`` folds the last recorded statistics into that
-    average (called once per synthesis round, as in the released code). Hooks act only inside
-    ``recording()``, so other forward passes pay nothing."""
-
-    def __init__(self, model: nn.Module, momentum: float = 0.0):
-        self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        if not self.layers:
-            raise ConfigError(f"{type(model).__name__} has no BatchNorm2d layer for the BatchNorm-statistics loss")
-        self.momentum = momentum
-        self.average: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._index = {id(m): i for i, m in enumerate(self.layers)}
-        self._terms: list[torch.Tensor] = []
-        self._last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._active = False
-        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
-
-    def _hook(self, module, inputs, output):
-        if not self._active:
-            return
-        x = inputs[0].float()
-        # biased batch mean / variance per channel; shifted by the running mean (no cancellation near the
-        # optimum) and reduced over H, W first: 2-4x faster than var_mean on CPU, the same on GPU
-        n = x.shape[0] * x.shape[2] * x.shape[3]
-        ref = module.running_mean
-        y = x - ref.view(1, -1, 1, 1)
-        shift = y.sum((2, 3)).sum(0) / n
-        var = ((y * y).sum((2, 3)).sum(0) / n - shift * shift).clamp_min(0)
-        mean = shift + ref
-        i = self._index[id(module)]
-        self._last[i] = (mean.detach(), var.detach())
-        if self.average is not None and self.momentum:
-            m = self.momentum
-            mean = (1 - m) * mean + m * self.average[i][0]
-            var = (1 - m) * var + m * self.average[i][1]
-        self._terms.append(torch.linalg.vector_norm(module.running_var - var)
-                           + torch.linalg.vector_norm(module.running_mean - mean))
-
-    def recording(self):
-        prior = self
-
-        class _Recording:
-            def __enter__(self):
-                prior._terms = []
-                prior._active = True
-
-            def __exit__(self, *exc):
-                prior._active = False
-
-        return _Recording()
-
-    def loss(self) -> torch.Tensor:
-        if not self._terms:
-            raise RuntimeError("no BatchNorm statistics recorded: run the model inside recording()")
-        return torch.stack(self._terms).sum()
-
-    @torch.no_grad()
-    def update_momentum(self) -> None:
-        if not self._last:
-            return
-        last = [self._last[i] for i in range(len(self.layers))]
-        if self.average is None:
-            self.average = [(m.clone(), v.clone()) for m, v in last]
-        else:
-            k = self.momentum
-            self.average = [(k * am + (1 - k) * m, k * av + (1 - k) * v) for (am, av), (m, v) in zip(self.average, last)]
-
-    def state_dict(self) -> dict:
-        return {"average": None if self.average is None else [(m.clone(), v.clone()) for m, v in self.average]}
-
-    def load_state_dict(self, state: dict, device: torch.device) -> None:
-        avg = state["average"]
-        self.average = None if avg is None else [(m.to(device), v.to(device)) for m, v in avg]
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
 class FeatureMeans:
     """CMI's features: the spatial mean of each chosen layer's *input*, per sample, concatenated over layers
     (the released ``InstanceMeanHook``). Recorded only inside ``recording()``."""
@@ -308,18 +225,14 @@ class FeatureMeans:
         if self._active:
             self._means[self._index[id(module)]] = inputs[0].float().mean(dim=(2, 3))
 
+    @contextlib.contextmanager
     def recording(self):
-        feats = self
-
-        class _Recording:
-            def __enter__(self):
-                feats._means = [None] * len(feats.layers)
-                feats._active = True
-
-            def __exit__(self, *exc):
-                feats._active = False
-
-        return _Recording()
+        self._means = [None] * len(self.layers)
+        self._active = True
+        try:
+            yield self
+        finally:
+            self._active = False
 
     def get(self) -> torch.Tensor:
         if any(m is None for m in self._means):

@@ -55,9 +55,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.config import ConfigError
+from benchmark.losses import BatchNormStatistics
 
 from ._common import no_param_grad, register_method
-from ._inversion import BNPrior, PoolDistillation, js_divergence, validate_common
+from ._inversion import PoolDistillation, js_divergence, validate_common
 
 
 @dataclass
@@ -117,8 +118,8 @@ class DeepInversion(PoolDistillation):
 
     def __init__(self, ctx, cfg: DeepInvConfig):
         super().__init__(ctx, cfg)
-        self.t_bn = BNPrior(self.teacher)
-        self.s_bn = BNPrior(self.student) if cfg.s_bn and cfg.adv > 0 else None
+        self.t_bn = BatchNormStatistics(self.teacher)
+        self.s_bn = BatchNormStatistics(self.student) if cfg.s_bn and cfg.adv > 0 else None
         h, w = self.image_shape[1:]
         self.jitter = (int(h * cfg.jitter), int(w * cfg.jitter))
 

@@ -55,9 +55,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.config import ConfigError
+from benchmark.losses import BatchNormStatistics
 
 from ._common import no_param_grad, register_method
-from ._inversion import (BNPrior, PixelGenerator, PoolDistillation, masked_disagreement, random_crop_flip,
+from ._inversion import (PixelGenerator, PoolDistillation, masked_disagreement, random_crop_flip,
                          reset_first_layer, validate_common)
 
 
@@ -145,7 +146,7 @@ class Fast(PoolDistillation):
         self.fast_generator = PixelGenerator(self.image_shape, cfg.nz, cfg.ngf).to(self.device)
         self.meta_opt = self.track("meta_opt", torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g * cfg.g_steps,
                                                                 betas=(cfg.beta1_g, cfg.beta2_g)))
-        self.bn_prior = BNPrior(self.teacher, momentum=cfg.bn_mmt)
+        self.bn_prior = BatchNormStatistics(self.teacher, momentum=cfg.bn_mmt)
 
     def losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.cfg

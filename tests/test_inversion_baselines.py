@@ -9,13 +9,14 @@ import torch
 
 import methods  # noqa: F401
 from benchmark.data import get_dataset
+from benchmark.losses import BatchNormStatistics
 from benchmark.method import MethodContext
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
 from benchmark.runner import resolve_cell
 from methods import fast as fast_module
-from methods._inversion import (BNPrior, ImagePool, PixelGenerator, js_divergence, masked_disagreement,
+from methods._inversion import (ImagePool, PixelGenerator, js_divergence, masked_disagreement,
                                 random_crop_flip, random_resized_crop)
 from methods.cmi import MemoryBank, feature_layers
 from methods.fast import Fast
@@ -120,7 +121,7 @@ def test_augmentations_keep_shape_and_pass_gradient():
 
 def test_bn_prior_matches_the_released_formula_and_blends_with_momentum():
     teacher = _teacher()
-    prior = BNPrior(teacher, momentum=0.9)
+    prior = BatchNormStatistics(teacher, momentum=0.9)
     x = torch.randn(8, 1, 16, 16)
     stats = []
     hooks = [m.register_forward_hook(lambda m, i, o: stats.append((m, i[0]))) for m in prior.layers]
