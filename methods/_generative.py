@@ -79,6 +79,9 @@ class GenerativeConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     eta_min_ratio: float = 0.0      # cosine floor as a fraction of lr_s (CMI: 0; Fast-Datafree: 2e-4 / 0.1)
+    # decay lr_g with the student's schedule: the DataFree library keeps it constant (False); DFAD's README
+    # command (--scheduler: both LRs x0.1 at the same epochs) and ZSKT's paper (both cosine-annealed) decay it
+    decay_lr_g: bool = False
     sample_mode: str = "eval"       # generator BN mode for the student's batches: eval (CMI) | train (Fast-Datafree)
 
     def validate(self) -> None:
@@ -119,6 +122,8 @@ class GenerativeBaseline(DFKDMethod):
                                                           betas=(cfg.beta1_g, cfg.beta2_g)))
         self.opt_s = self.track("opt_s", self.make_student_optimizer())
         self.sched_s = self.track("sched_s", warmup_cosine(self.opt_s, ctx.iterations, 0, cfg.eta_min_ratio))
+        self.sched_g = (self.track("sched_g", warmup_cosine(self.opt_g, ctx.iterations, 0, cfg.eta_min_ratio))
+                        if cfg.decay_lr_g else None)
 
     def make_student_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
@@ -178,6 +183,8 @@ class GenerativeBaseline(DFKDMethod):
                 for k, v in step().items():
                     logs[k] = logs[k] + v / steps if k in logs else v / steps
         self.sched_s.step()
+        if self.sched_g is not None:
+            self.sched_g.step()
         return logs
 
     @torch.no_grad()

@@ -203,8 +203,9 @@ class CMI(PoolDistillation):
         # seconds on a 2-core CPU; lands well above chance on digits (tests/test_methods.py)
         "smoke": {"iterations": 3, "eval_every": 3, "log_every": 1, "batch_size": 64, "g_steps": 15,
                   "kd_steps": 30, "bank_size": 1024, "n_neg": 256, "quality_samples": 50},
-        # the digits default (cnn_wide -> cnn_narrow): 6 rounds of 20 generator steps + 50 KD steps
-        "default": {"iterations": 6, "eval_every": 2, "log_every": 1, "batch_size": 64, "g_steps": 20,
+        # the digits default (cnn_wide -> cnn_narrow): 12 rounds of 20 generator steps + 50 KD steps (issue 3,
+        # seeds 0-2: 6 rounds ended at 96.7 / 90.8 / 94.4 %, still learning; 12 at 97.8 / 96.4 / 96.9 %)
+        "default": {"iterations": 12, "eval_every": 2, "log_every": 1, "batch_size": 64, "g_steps": 20,
                     "kd_steps": 50, "bank_size": 4096, "n_neg": 512, "quality_samples": 500},
         # scripts/cmi_cifar.sh: 200 epochs x (200 generator steps + 400 KD steps), batch 256
         "paper:cifar10": dict(_PAPER),

@@ -107,7 +107,6 @@ class DeepInversion(PoolDistillation):
         # seconds on a 2-core CPU; lands well above chance on digits (tests/test_methods.py)
         "smoke": {"iterations": 4, "eval_every": 2, "log_every": 1, "batch_size": 64, "g_steps": 20,
                   "kd_steps": 20, "quality_samples": 50},
-        # the digits default (cnn_wide -> cnn_narrow)
         # the digits default (cnn_wide -> cnn_narrow): 8 rounds of 40 image steps + 50 KD steps
         "default": {"iterations": 8, "eval_every": 2, "log_every": 1, "batch_size": 64, "g_steps": 40,
                     "kd_steps": 50, "quality_samples": 500},

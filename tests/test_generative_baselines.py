@@ -237,6 +237,22 @@ def test_counters_and_logs_of_one_iteration(name, teacher):
     assert method.sched_s.last_epoch == 1
 
 
+@pytest.mark.parametrize("decay", [False, True])
+def test_generator_lr_decays_with_the_student_only_when_asked(decay, teacher):
+    method = build("dfad", teacher, iterations=4, decay_lr_g=decay)
+    lr_g = method.opt_g.param_groups[0]["lr"]
+    for i in range(2):
+        method.train_iteration(i)
+    ratio_s = method.opt_s.param_groups[0]["lr"] / method.cfg.lr_s
+    assert 0 < ratio_s < 1
+    assert method.opt_g.param_groups[0]["lr"] == pytest.approx(lr_g * ratio_s if decay else lr_g)
+    state = method.state_dict()
+    assert ("sched_g" in state) == decay
+    resumed = build("dfad", teacher, iterations=4, decay_lr_g=decay)
+    resumed.load_state_dict(state)
+    assert resumed.opt_g.param_groups[0]["lr"] == pytest.approx(method.opt_g.param_groups[0]["lr"])
+
+
 @pytest.mark.parametrize("name", GENERATIVE)
 def test_sample_returns_normalised_images_without_labels(name, teacher):
     method = build(name, teacher)
