@@ -18,46 +18,9 @@ import torch.nn as nn
 
 from benchmark.config import ConfigError
 from benchmark.method import DFKDMethod
+from benchmark.models.generators import DataFreeGenerator
 
 from ._common import eval_mode, no_param_grad, warmup_cosine
-
-
-class DataFreeGenerator(nn.Module):
-    """The DataFree library's generator (``Generator`` with ``width=2``, ``LargeGenerator`` with ``width=4``):
-
-    Linear(nz -> width*ngf*(H/4)*(W/4)) -> BN -> up x2 -> conv3x3(width*ngf -> 2*ngf, no bias) -> BN ->
-    LeakyReLU(0.2) -> up x2 -> conv3x3(2*ngf -> ngf, no bias) -> BN -> LeakyReLU(0.2) -> conv3x3(ngf -> C)
-    -> sigmoid, then the dataset's normalisation ``(x - mean) / std`` (the library's ``Normalizer``), so
-    its output is an image in [0, 1] normalised like the real data.
-    """
-
-    def __init__(self, image_shape: tuple[int, int, int], mean, std, nz: int = 256, ngf: int = 64, width: int = 4):
-        super().__init__()
-        channels, height, width_px = image_shape
-        if height % 4 or width_px % 4:
-            raise ConfigError(f"the generator needs image sizes divisible by 4, got {height}x{width_px}")
-        self.nz = nz
-        self.init_shape = (width * ngf, height // 4, width_px // 4)
-        self.project = nn.Linear(nz, width * ngf * (height // 4) * (width_px // 4))
-        self.body = nn.Sequential(
-            nn.BatchNorm2d(width * ngf),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(width * ngf, 2 * ngf, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * ngf),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * ngf, ngf, 3, padding=1, bias=False),
-            nn.BatchNorm2d(ngf),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ngf, channels, 3, padding=1),
-            nn.Sigmoid(),
-        )
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.body(self.project(z.flatten(1)).view(z.shape[0], *self.init_shape))
-        return (x - self.mean) / self.std
 
 
 @dataclass
@@ -117,7 +80,7 @@ class GenerativeBaseline(DFKDMethod):
         spec = ctx.dataset
         self.num_classes = spec.num_classes
         self.generator = self.track("generator", DataFreeGenerator(
-            spec.image_shape, spec.mean, spec.std, cfg.nz, cfg.ngf, cfg.generator_width).to(self.device))
+            spec.image_shape, cfg.nz, cfg.ngf, cfg.generator_width, spec.mean, spec.std).to(self.device))
         self.opt_g = self.track("opt_g", torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g,
                                                           betas=(cfg.beta1_g, cfg.beta2_g)))
         self.opt_s = self.track("opt_s", self.make_student_optimizer())

@@ -15,8 +15,8 @@ batches drawn from the whole pool. This module holds that structure:
   the device (the released code uses kornia on the generator output and torchvision transforms on the
   pool images); random numbers come from the device's generator, so no host synchronisation is needed.
 - ``FeatureMeans``: CMI's instance-mean features of chosen layers' inputs.
-- ``PixelGenerator``: the DataFree library's ``Generator`` (sigmoid output in pixel space), used by CMI and
-  Fast; ``reset_generator`` / ``reset_first_layer`` are their re-initialisations.
+- ``reset_generator`` / ``reset_first_layer``: CMI's and Fast's re-initialisations of their generator
+  (``benchmark.models.generators.DataFreeGenerator``, width 2, images in pixel space).
 - ``PoolDistillation``: the base class (student optimiser, cosine schedule, warm-up rounds, KD steps on the
   pool, ``sample()``, checkpoint state).
 """
@@ -268,39 +268,6 @@ def masked_disagreement(student_logits: torch.Tensor, teacher_logits: torch.Tens
 # ----------------------------------------------------------------------------------------------------------
 # generator
 # ----------------------------------------------------------------------------------------------------------
-
-
-class PixelGenerator(nn.Module):
-    """The DataFree / Fast-Datafree ``Generator`` used by CMI and Fast (not the Tanh+BN generator of DAFL):
-    ``l1`` = Linear(nz -> 2 ngf (H/4)(W/4)), then ``conv_blocks`` = BN, up x2, conv3x3, BN, LeakyReLU(0.2),
-    up x2, conv3x3, BN, LeakyReLU(0.2), conv3x3 -> channels, Sigmoid: images in pixel space [0, 1], normalised
-    afterwards. Module names follow the released code (``reset_first_layer`` targets ``l1.0`` and
-    ``conv_blocks.0``)."""
-
-    def __init__(self, image_shape: tuple[int, int, int], nz: int = 256, ngf: int = 64):
-        super().__init__()
-        channels, height, width = image_shape
-        if height % 4 or width % 4:
-            raise ConfigError(f"the generator needs image sizes divisible by 4, got {height}x{width}")
-        self.nz = nz
-        self.init_shape = (2 * ngf, height // 4, width // 4)
-        self.l1 = nn.Sequential(nn.Linear(nz, 2 * ngf * (height // 4) * (width // 4)))
-        self.conv_blocks = nn.Sequential(
-            nn.BatchNorm2d(2 * ngf),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * ngf, 2 * ngf, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * ngf),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * ngf, ngf, 3, padding=1, bias=False),
-            nn.BatchNorm2d(ngf),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ngf, channels, 3, padding=1),
-            nn.Sigmoid(),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.conv_blocks(self.l1(z).view(z.shape[0], *self.init_shape))
 
 
 @torch.no_grad()

@@ -57,9 +57,10 @@ import torch.nn.functional as F
 
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
+from benchmark.models.generators import DataFreeGenerator
 
 from ._common import no_param_grad, register_method
-from ._inversion import (FeatureMeans, PixelGenerator, PoolDistillation, masked_disagreement,
+from ._inversion import (FeatureMeans, PoolDistillation, masked_disagreement,
                          random_crop_flip, random_resized_crop, reset_generator, validate_common)
 
 
@@ -214,7 +215,7 @@ class CMI(PoolDistillation):
 
     def __init__(self, ctx, cfg: CMIConfig):
         super().__init__(ctx, cfg)
-        self.generator = self.track("generator", PixelGenerator(self.image_shape, cfg.nz, cfg.ngf).to(self.device))
+        self.generator = self.track("generator", DataFreeGenerator(self.image_shape, cfg.nz, cfg.ngf).to(self.device))
         self.bn_prior = BatchNormStatistics(self.teacher)
         self.features = self.bank = self.head = self.opt_head = None
         if cfg.cr:

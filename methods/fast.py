@@ -56,9 +56,10 @@ import torch.nn.functional as F
 
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
+from benchmark.models.generators import DataFreeGenerator
 
 from ._common import no_param_grad, register_method
-from ._inversion import (PixelGenerator, PoolDistillation, masked_disagreement, random_crop_flip,
+from ._inversion import (PoolDistillation, masked_disagreement, random_crop_flip,
                          reset_first_layer, validate_common)
 
 
@@ -142,8 +143,8 @@ class Fast(PoolDistillation):
 
     def __init__(self, ctx, cfg: FastConfig):
         super().__init__(ctx, cfg)
-        self.generator = self.track("generator", PixelGenerator(self.image_shape, cfg.nz, cfg.ngf).to(self.device))
-        self.fast_generator = PixelGenerator(self.image_shape, cfg.nz, cfg.ngf).to(self.device)
+        self.generator = self.track("generator", DataFreeGenerator(self.image_shape, cfg.nz, cfg.ngf).to(self.device))
+        self.fast_generator = DataFreeGenerator(self.image_shape, cfg.nz, cfg.ngf).to(self.device)
         self.meta_opt = self.track("meta_opt", torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g * cfg.g_steps,
                                                                 betas=(cfg.beta1_g, cfg.beta2_g)))
         self.bn_prior = BatchNormStatistics(self.teacher, momentum=cfg.bn_mmt)

@@ -10,13 +10,14 @@ import torch
 import methods  # noqa: F401
 from benchmark.data import get_dataset
 from benchmark.losses import BatchNormStatistics
+from benchmark.models.generators import DataFreeGenerator
 from benchmark.method import MethodContext
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
 from benchmark.runner import resolve_cell
 from methods import fast as fast_module
-from methods._inversion import (ImagePool, PixelGenerator, js_divergence, masked_disagreement,
+from methods._inversion import (ImagePool, js_divergence, masked_disagreement,
                                 random_crop_flip, random_resized_crop)
 from methods.cmi import MemoryBank, feature_layers
 from methods.fast import Fast
@@ -341,8 +342,8 @@ def test_fast_resets_the_first_layer_once_after_the_configured_rounds(monkeypatc
     assert calls == [m.generator]
 
 
-def test_pixel_generator_names_match_the_released_reset():
-    g = PixelGenerator((1, 16, 16), nz=8, ngf=4)
+def test_datafree_generator_names_match_the_released_reset():
+    g = DataFreeGenerator((1, 16, 16), nz=8, ngf=4)
     names = dict(g.named_modules())
     assert isinstance(names["l1.0"], torch.nn.Linear) and isinstance(names["conv_blocks.0"], torch.nn.BatchNorm2d)
     out = g(torch.randn(3, 8))

@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.config import ConfigError
+
 
 class CategoricalConditionalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm without its own affine, followed by a per-class scale and shift looked up from two
@@ -55,23 +57,30 @@ class ConditionalGenerator(nn.Module):
         return self.bn3(torch.tanh(self.conv3(x)), labels)
 
 
-class DCGANGenerator(nn.Module):
-    """The unconditional generator of DAFL / DFAD / ZSKT / DFQ / CMI in the DataFree library (``Generator``):
-    Linear -> BN -> up x2 -> conv -> BN -> LeakyReLU -> up x2 -> conv -> BN -> LeakyReLU -> conv -> Tanh
-    -> BN(affine=False)."""
+class DataFreeGenerator(nn.Module):
+    """The unconditional generator of the zju-vipa DataFree / Fast-Datafree code (``Generator`` with width 2,
+    used by CMI and Fast; ``LargeGenerator`` with width 4, used there for DAFL, DFAD, ZSKT and DFQ):
 
-    def __init__(self, image_shape: tuple[int, int, int], nz: int = 100, ngf: int = 64):
+    ``l1`` = Linear(nz -> width*ngf*(H/4)*(W/4)), then ``conv_blocks`` = BN, up x2, conv3x3(width*ngf -> 2*ngf),
+    BN, LeakyReLU(0.2), up x2, conv3x3(2*ngf -> ngf), BN, LeakyReLU(0.2), conv3x3(ngf -> C), Sigmoid: an image
+    in [0, 1]. Given ``mean`` and ``std`` it returns ``(x - mean) / std`` (the library's ``Normalizer``),
+    i.e. an image normalised like the real data. Module names follow the released code (Fast's
+    ``reset_l0`` targets ``l1.0`` and ``conv_blocks.0``).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], nz: int = 256, ngf: int = 64, width: int = 2,
+                 mean=None, std=None):
         super().__init__()
-        channels, height, width = image_shape
-        if height % 4 or width % 4:
-            raise ValueError(f"DCGANGenerator needs image sizes divisible by 4, got {height}x{width}")
+        channels, height, width_px = image_shape
+        if height % 4 or width_px % 4:
+            raise ConfigError(f"the generator needs image sizes divisible by 4, got {height}x{width_px}")
         self.nz = nz
-        self.init_shape = (2 * ngf, height // 4, width // 4)
-        self.project = nn.Linear(nz, 2 * ngf * (height // 4) * (width // 4))
-        self.body = nn.Sequential(
-            nn.BatchNorm2d(2 * ngf),
+        self.init_shape = (width * ngf, height // 4, width_px // 4)
+        self.l1 = nn.Sequential(nn.Linear(nz, width * ngf * (height // 4) * (width_px // 4)))
+        self.conv_blocks = nn.Sequential(
+            nn.BatchNorm2d(width * ngf),
             nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * ngf, 2 * ngf, 3, padding=1, bias=False),
+            nn.Conv2d(width * ngf, 2 * ngf, 3, padding=1, bias=False),
             nn.BatchNorm2d(2 * ngf),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Upsample(scale_factor=2),
@@ -79,9 +88,13 @@ class DCGANGenerator(nn.Module):
             nn.BatchNorm2d(ngf),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(ngf, channels, 3, padding=1),
-            nn.Tanh(),
-            nn.BatchNorm2d(channels, affine=False),
+            nn.Sigmoid(),
         )
+        self.normalize = mean is not None
+        if self.normalize:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.body(self.project(z.flatten(1)).view(z.shape[0], *self.init_shape))
+        x = self.conv_blocks(self.l1(z.flatten(1)).view(z.shape[0], *self.init_shape))
+        return (x - self.mean) / self.std if self.normalize else x
