@@ -17,6 +17,7 @@ batches drawn from the whole pool. This module holds that structure:
 - ``FeatureMeans``: CMI's instance-mean features of chosen layers' inputs.
 - ``reset_generator`` / ``reset_first_layer``: CMI's and Fast's re-initialisations of their generator
   (``benchmark.models.generators.DataFreeGenerator``, width 2, images in pixel space).
+- ``PoolConfig``: the config fields and checks the three share.
 - ``PoolDistillation``: the base class (student optimiser, cosine schedule, warm-up rounds, KD steps on the
   pool, ``sample()``, checkpoint state).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -438,17 +440,38 @@ class PoolDistillation(DFKDMethod):
         self.round = state["_round"]
 
 
-def validate_common(cfg) -> None:
-    """Checks shared by the pool methods' configs."""
-    for key in ("batch_size", "kd_steps", "g_steps"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("synthesis_batch_size", "pool_size"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-    if cfg.T <= 0:
-        raise ConfigError(f"T must be > 0, got {cfg.T}")
-    if cfg.flip not in ("auto", "on", "off"):
-        raise ConfigError(f"flip must be auto, on or off, got {cfg.flip!r}")
-    if cfg.student_augment not in ("auto", "none", "crop", "crop+flip"):
-        raise ConfigError(f"student_augment must be auto, none, crop or crop+flip, got {cfg.student_augment!r}")
+@dataclass
+class PoolConfig:
+    """Settings shared by the pool methods (``deepinv``, ``cmi``, ``fast``), with the DataFree scripts'
+    values; each method's config redeclares what its recipe sets differently and adds its loss weights."""
+
+    batch_size: int = 256             # student batch (the scripts' --batch_size)
+    synthesis_batch_size: int = 0     # 0: same as batch_size
+    g_steps: int = 200                # synthesis steps per round
+    kd_steps: int = 400               # student steps per round
+    lr: float = 0.1                   # student SGD
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    eta_min: float = 2e-4
+    lr_g: float = 1e-3                # Adam of the synthesis step
+    beta1_g: float = 0.5
+    beta2_g: float = 0.999
+    T: float = 20.0                   # KD temperature of the student loss
+    flip: str = "auto"                # auto (the dataset's augmentation) | on | off
+    student_augment: str = "auto"     # auto (the dataset's training augmentation) | none | crop | crop+flip
+    pool_size: int = 0                # cap of the image pool (0: unbounded, as released)
+    pool_uint8: bool = True           # store the pool as 8-bit pixels (the released PNG round trip)
+
+    def validate(self) -> None:
+        for key in ("batch_size", "kd_steps", "g_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("synthesis_batch_size", "pool_size"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.T <= 0:
+            raise ConfigError(f"T must be > 0, got {self.T}")
+        if self.flip not in ("auto", "on", "off"):
+            raise ConfigError(f"flip must be auto, on or off, got {self.flip!r}")
+        if self.student_augment not in ("auto", "none", "crop", "crop+flip"):
+            raise ConfigError(f"student_augment must be auto, none, crop or crop+flip, got {self.student_augment!r}")

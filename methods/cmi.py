@@ -60,23 +60,13 @@ from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
 
 from ._common import no_param_grad, register_method
-from ._inversion import (FeatureMeans, PoolDistillation, masked_disagreement,
-                         random_crop_flip, random_resized_crop, reset_generator, validate_common)
+from ._inversion import (FeatureMeans, PoolConfig, PoolDistillation, masked_disagreement,
+                         random_crop_flip, random_resized_crop, reset_generator)
 
 
 @dataclass
-class CMIConfig:
-    batch_size: int = 256             # student batch
-    synthesis_batch_size: int = 0     # 0: same as batch_size
-    g_steps: int = 200                # generator steps per round
-    kd_steps: int = 400               # student steps per round
-    lr: float = 0.1                   # student SGD
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    eta_min: float = 2e-4
+class CMIConfig(PoolConfig):
     lr_g: float = 1e-3                # Adam on generator + z, and on the projection head
-    beta1_g: float = 0.5
-    beta2_g: float = 0.999
     nz: int = 256
     ngf: int = 64
     adv: float = 0.5
@@ -90,14 +80,9 @@ class CMIConfig:
     feature_layers: str = "auto"      # auto (resnet34: layer1..4 inputs, as the script) | bn | blocks
     feature_reuse: bool = False       # keep the generator across rounds instead of re-initialising it
     local_scale_min: float = 0.25     # smallest area fraction of the local view
-    T: float = 20.0                   # KD temperature of the student loss
-    flip: str = "auto"                # auto (the dataset's augmentation) | on | off
-    student_augment: str = "auto"     # auto (the dataset's training augmentation) | none | crop | crop+flip
-    pool_size: int = 0                # cap of the image pool (0: unbounded, as released)
-    pool_uint8: bool = True           # store the pool as 8-bit pixels (the released PNG round trip)
 
     def validate(self) -> None:
-        validate_common(self)
+        super().validate()
         if self.cr and self.cr_T <= 0:
             raise ConfigError(f"cr_T must be > 0, got {self.cr_T}")
         if self.cr and (self.bank_size < 1 or self.n_neg < 0):

@@ -58,21 +58,13 @@ from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
 
 from ._common import no_param_grad, register_method
-from ._inversion import PoolDistillation, js_divergence, validate_common
+from ._inversion import PoolConfig, PoolDistillation, js_divergence
 
 
 @dataclass
-class DeepInvConfig:
-    batch_size: int = 256             # student batch (the script's --batch_size)
-    synthesis_batch_size: int = 0     # 0: same as batch_size
+class DeepInvConfig(PoolConfig):
     g_steps: int = 1000               # image-optimisation steps per round
-    kd_steps: int = 400               # student steps per round
-    lr: float = 0.1                   # student SGD
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    eta_min: float = 2e-4
     lr_g: float = 0.1                 # Adam on the images
-    beta1_g: float = 0.5
     beta2_g: float = 0.99
     adv: float = 1.0                  # weight of -JS(student, teacher)
     bn: float = 10.0                  # BN-statistics weight
@@ -82,14 +74,9 @@ class DeepInvConfig:
     s_bn: float = 0.001               # student-BN term, subtracted inside the BN loss
     js_T: float = 3.0                 # temperature of the adversarial JS divergence
     jitter: float = 1 / 8             # roll offsets of up to this fraction of the image size
-    T: float = 20.0                   # KD temperature of the student loss
-    flip: str = "auto"                # auto (the dataset's augmentation) | on | off
-    student_augment: str = "auto"     # auto (the dataset's training augmentation) | none | crop | crop+flip
-    pool_size: int = 0                # cap of the image pool (0: unbounded, as released)
-    pool_uint8: bool = True           # store the pool as 8-bit pixels (the released PNG round trip)
 
     def validate(self) -> None:
-        validate_common(self)
+        super().validate()
         if self.bn < 0 or self.oh < 0 or self.adv < 0:
             raise ConfigError("bn, oh and adv must be >= 0")
 

@@ -59,25 +59,17 @@ from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
 
 from ._common import no_param_grad, register_method
-from ._inversion import (PoolDistillation, masked_disagreement, random_crop_flip,
-                         reset_first_layer, validate_common)
+from ._inversion import (PoolConfig, PoolDistillation, masked_disagreement, random_crop_flip,
+                         reset_first_layer)
 
 
 @dataclass
-class FastConfig:
-    batch_size: int = 256             # student batch
-    synthesis_batch_size: int = 0     # 0: same as batch_size
+class FastConfig(PoolConfig):
     g_steps: int = 2                  # inner generator steps per round (Fast-2)
-    kd_steps: int = 400               # student steps per round
     warmup: int = 20                  # rounds of synthesis only before the student trains
     lr: float = 0.2                   # student SGD
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    eta_min: float = 2e-4
     lr_g: float = 5e-3                # inner Adam on the fast generator (the meta Adam uses lr_g * g_steps)
     lr_z: float = 0.015               # inner Adam on the latent batch
-    beta1_g: float = 0.5
-    beta2_g: float = 0.999
     nz: int = 256
     ngf: int = 64
     adv: float = 1.1
@@ -88,14 +80,9 @@ class FastConfig:
     reptile_scale: float = 67.0       # released reptile gradient scale
     reset_l0: bool = True
     reset_l0_after: int = 120         # training rounds after the warm-up before the one-time reset
-    T: float = 20.0                   # KD temperature of the student loss
-    flip: str = "auto"                # auto (the dataset's augmentation) | on | off
-    student_augment: str = "auto"     # auto (the dataset's training augmentation) | none | crop | crop+flip
-    pool_size: int = 0                # cap of the image pool (0: unbounded, as released)
-    pool_uint8: bool = True           # store the pool as 8-bit pixels (the released PNG round trip)
 
     def validate(self) -> None:
-        validate_common(self)
+        super().validate()
         if self.warmup < 0 or self.reset_l0_after < 0:
             raise ConfigError("warmup and reset_l0_after must be >= 0")
         if self.meta not in ("fomaml", "reptile"):
