@@ -55,10 +55,10 @@ the released code in one process on an otherwise idle 2-core Xeon CPU (AMX-BF16)
 ====================================  ================  ==================
 path                                  wrn40_2->wrn16_2  resnet34->resnet18
 ====================================  ================  ==================
-released code                         4.12              11.10
-plain fp32, NCHW                      3.15 (0.77x)      9.00 (0.81x)
-fp32, channels_last (CPU default)     2.76 (0.67x)      8.81 (0.79x)
-default: bf16 autocast, channels_last 1.29 (0.31x)      3.54 (0.32x)
+released code                         4.07              11.46
+plain fp32, NCHW                      3.09 (0.76x)      8.87 (0.77x)
+fp32, channels_last (CPU default)     2.63 (0.65x)      9.03 (0.79x)
+default: bf16 autocast, channels_last 1.15 (0.28x)      3.32 (0.29x)
 ====================================  ================  ==================
 
 The savings: the teacher is frozen (no weight gradients; the released code accumulates them), the BN prior
