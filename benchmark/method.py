@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch

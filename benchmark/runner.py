@@ -11,7 +11,7 @@ import dataclasses
 import math
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import env
-from .config import ConfigError, RunConfig, apply_overrides, split_overrides
+from .config import RunConfig, apply_overrides, split_overrides
 from .data import DatasetSpec
 from .method import DFKDMethod, MethodContext
 from .models import check_model_fits, create_model

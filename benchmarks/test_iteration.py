@@ -32,7 +32,7 @@ import torch
 
 import methods  # noqa: F401  (registers every method)
 from benchmark import env
-from benchmark.config import ConfigError, RunConfig
+from benchmark.config import ConfigError
 from benchmark.data import get_dataset
 from benchmark.method import MethodContext
 from benchmark.models import create_model

@@ -19,7 +19,7 @@ from benchmark.runner import resolve_cell
 from methods import fast as fast_module
 from methods._inversion import (ImagePool, js_divergence, masked_disagreement,
                                 random_crop_flip, random_resized_crop)
-from methods.cmi import MemoryBank, feature_layers
+from methods.cmi import feature_layers
 from methods.fast import Fast
 
 SPEC = get_dataset("digits")

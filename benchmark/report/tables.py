@@ -16,7 +16,7 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -609,7 +609,7 @@ def equal_cost_table(df: pd.DataFrame, columns: list[Column] | None = None) -> T
     for _, _, v in views:
         labels += [l for l in v.stats if l not in labels]
     labels.sort(key=lambda l: (*method_key(df.loc[df["variant"] == l, "method"].iloc[0], True), l))
-    header, groups = ["Method"], [("", 1)]
+    header = ["Method"]
     for col, axis, v in views:
         b = fmt_count(v.budget) if axis == "teacher_forwards" else fmt_num(v.budget)
         header.append(f"{col.label} @ {b} {COST_AXES[axis]}")
