@@ -115,18 +115,27 @@ class DFKDMethod(abc.ABC):
         self._stateful[name] = obj
         return obj
 
-    def optimize(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        """zero_grad, backward, step; in fp16 through one GradScaler per optimizer."""
+    def optimize(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip_grad_norm: float = 0.0) -> None:
+        """zero_grad, backward, optional gradient-norm clipping of the optimizer's parameters, step; in fp16
+        through one GradScaler per optimizer (gradients unscaled before clipping)."""
         optimizer.zero_grad(set_to_none=True)
+        scaler = None
         if self.ctx.precision == "fp16":
             scaler = self._scalers.get(id(optimizer))
             if scaler is None:
                 scaler = self._scalers[id(optimizer)] = torch.amp.GradScaler(self.device.type)
             scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if clip_grad_norm:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
 
     def teacher_forward(self, x: torch.Tensor, features: bool = False):

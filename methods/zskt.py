@@ -182,24 +182,8 @@ class ZSKT(GenerativeBaseline):
         last_t = {tuple(h.shape[2:]): i for i, h in enumerate(t_out)}
         return sorted((last_s[size], last_t[size]) for size in last_s.keys() & last_t.keys())
 
-    def optimize(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        if not self.cfg.grad_clip:
-            return super().optimize(optimizer, loss)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        optimizer.zero_grad(set_to_none=True)
-        if self.ctx.precision == "fp16":
-            scaler = self._scalers.get(id(optimizer))
-            if scaler is None:
-                scaler = self._scalers[id(optimizer)] = torch.amp.GradScaler(self.device.type)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-            optimizer.step()
+    def optimize(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip_grad_norm: float = 0.0) -> None:
+        super().optimize(optimizer, loss, clip_grad_norm or self.cfg.grad_clip)
 
     def generator_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if not self.cfg.adv:

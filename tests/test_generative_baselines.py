@@ -211,6 +211,16 @@ def test_attention_loss_is_zero_for_equal_maps_and_positive_otherwise():
     assert float(attention_loss([a], [3 * a])) < 1e-12      # maps are normalised: scale does not matter
 
 
+@pytest.mark.parametrize("clip", [0.0, 5.0])
+def test_zskt_clips_the_gradient_norm_only_when_asked(clip, teacher):
+    method = build("zskt", teacher, grad_clip=clip)
+    params = list(method.student.parameters())
+    loss = 1e4 * method.student(torch.randn(8, 1, 16, 16)).pow(2).mean()
+    method.optimize(torch.optim.SGD(params, lr=0.0), loss)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert norm <= 5.0 + 1e-3 if clip else norm > 50.0
+
+
 def test_zskt_attention_term_trains_the_student_and_can_be_switched_off(teacher):
     method = build("zskt", teacher)
     logs = method.student_step()
