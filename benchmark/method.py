@@ -90,6 +90,12 @@ class DFKDMethod(abc.ABC):
             )
 
     @classmethod
+    def check_config(cls, cfg: Any, dataset: Any) -> None:
+        """Checks of the method config that need the dataset (e.g. a file's shape against the class count),
+        run when the cell is resolved, before anything is written; raise ``ConfigError``. May resolve an
+        ``auto`` value in place so that the record shows what runs."""
+
+    @classmethod
     def make_student(cls, teacher: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
         """The network the harness evaluates; the ``teacher`` reference row returns the teacher."""
         return build()

@@ -72,6 +72,7 @@ def resolve_cell(cell: Cell) -> ResolvedCell:
     method_cfg = apply_overrides(method_cls.Config(), method_over)
     if hasattr(method_cfg, "validate"):
         method_cfg.validate()
+    method_cls.check_config(method_cfg, spec)
     return ResolvedCell(cell, method_cls, spec, run_cfg, method_cfg)
 
 

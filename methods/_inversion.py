@@ -339,8 +339,7 @@ class PoolDistillation(DFKDMethod):
             raise ConfigError(f"student_augment must be auto, none, crop or crop+flip, got {cfg.student_augment!r}")
         self.student_pad = self.pad if "crop" in student_aug else 0
         self.student_flip = "flip" in student_aug
-        rounds = max(ctx.iterations, 1)
-        capacity = rounds * self.synthesis_batch
+        capacity = self.pool_batches(ctx.iterations) * self.synthesis_batch
         if cfg.pool_size:
             capacity = min(capacity, cfg.pool_size)
         self.pool = ImagePool(capacity, self.image_shape, self.device, uint8=cfg.pool_uint8)
@@ -350,6 +349,10 @@ class PoolDistillation(DFKDMethod):
         self.round = 0
 
     # ---- helpers ---------------------------------------------------------------------------------------
+    def pool_batches(self, iterations: int) -> int:
+        """Synthesis batches the pool receives over the run (one per round here), for its capacity."""
+        return max(iterations, 1)
+
     def _model_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.ctx.channels_last else x
 
