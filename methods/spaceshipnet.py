@@ -151,6 +151,16 @@ class SplitGenerator(DataFreeGenerator):
                 nn.init.zeros_(m.bias)
 
 
+class FeaturePool(ImagePool):
+    """An ``ImagePool`` of float32 generator features (stored as they are: no [0, 1] clamp, no quantisation)."""
+
+    def __init__(self, capacity: int, shape: tuple[int, ...], device: torch.device):
+        super().__init__(capacity, shape, device, uint8=False)
+
+    def _encode(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats.detach().float()
+
+
 def channel_exchange(feats: torch.Tensor) -> torch.Tensor:
     """CFE: sample i keeps a random half (``C // 2``) of its channels, the others come from sample n-1-i."""
     n, c = feats.shape[:2]
@@ -292,7 +302,7 @@ class SpaceshipNet(PoolDistillation):
         with torch.no_grad():
             _, feats = self.generator.forward_features(torch.zeros(2, cfg.nz, device=self.device))
         capacity = self.pool.capacity
-        self.feature_pools = [ImagePool(capacity, tuple(f.shape[1:]), self.device, uint8=False) for f in feats]
+        self.feature_pools = [FeaturePool(capacity, tuple(f.shape[1:]), self.device) for f in feats]
 
     # ---- synthesis -------------------------------------------------------------------------------------
     def synthesis_losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -84,6 +84,7 @@ def test_synthesis_fills_three_feature_pools_and_trains_only_the_generator():
     assert set(logs) == {"g_cls", "g_bn", "g_total"}             # no adversarial term
     assert [len(p) for p in m.feature_pools] == [16, 16, 16] and len(m.pool) == 16
     assert m.feature_pools[0].labels[:16].tolist() == [i % 10 for i in range(16)]   # balanced labels
+    assert m.feature_pools[0].images[:16].min() < 0              # features kept as they are (no [0, 1] clamp)
     assert any(not torch.equal(a, b) for a, b in zip(before, m.generator.parameters()))
     assert all(p.grad is None for p in m.teacher.parameters()) and all(p.grad is None for p in m.student.parameters())
     assert not m.generator.training                              # students' batches use BN running stats
