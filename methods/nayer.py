@@ -274,7 +274,8 @@ class NAYER(PoolDistillation):
         "smoke": {"iterations": 6, "warmup": 1, "eval_every": 3, "log_every": 1, "batch_size": 64,
                   "synthesis_batch_size": 40, "g_steps": 10, "gwp_loops": 2, "g_loops": 1, "g_life": 3,
                   "kd_steps": 20, "ngf": 32, "quality_samples": 50},
-        # the digits default (cnn_wide -> cnn_narrow), sized below (evidence in the README)
+        # the digits default (cnn_wide -> cnn_narrow): 24 rounds (seed 0: 88.6 % at round 6, 96-99.4 % from round 10
+        # on, 98.6 % at the end; seeds 0-2 ended at 98.61 / 99.17 / 98.33 %)
         "default": {"iterations": 24, "warmup": 4, "eval_every": 2, "log_every": 1, "batch_size": 64,
                     "synthesis_batch_size": 50, "g_steps": 20, "gwp_loops": 4, "g_loops": 2, "g_life": 5,
                     "kd_steps": 40, "ngf": 32, "quality_samples": 500},

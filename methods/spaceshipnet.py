@@ -278,7 +278,8 @@ class SpaceshipNet(PoolDistillation):
         # seconds on a 2-core CPU; lands well above chance on digits (tests/test_methods.py)
         "smoke": {"iterations": 5, "eval_every": 5, "log_every": 1, "batch_size": 64, "g_steps": 15,
                   "kd_steps": 20, "ngf": 32, "quality_samples": 50},
-        # the digits default (cnn_wide -> cnn_narrow), sized below (evidence in the README)
+        # the digits default (cnn_wide -> cnn_narrow): 20 rounds of 30 generator steps + 40 student steps (seed 0:
+        # 73 % after 2 rounds, 95-97.5 % from round 4 to 14, 98.6 / 99.2 / 98.3 % at rounds 16 / 18 / 20)
         "default": {"iterations": 20, "eval_every": 2, "log_every": 1, "batch_size": 64, "g_steps": 30,
                     "kd_steps": 40, "ngf": 32, "quality_samples": 500},
         "paper:cifar10": dict(_PAPER),
