@@ -47,6 +47,8 @@ Deviations from the released code:
 - The student is initialised by the harness (released: Xavier-normal, gain sqrt(2)); the generator
   Kaiming-normal (fan in) as released; augmentations on the device; flips follow the dataset's training
   augmentation (``flip="auto"``: none for digits).
+- The released YAMLs cover CIFAR-10/100 resnet34 -> resnet18 only; the paper budget runs the other standard
+  pairs with the same settings.
 - Work counted: every generator step and every student batch rendered from features counts as
   ``synthetic_images``; the teacher's passes for the KD and GradCAM terms as ``teacher_forwards``.
 """
