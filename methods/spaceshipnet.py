@@ -275,7 +275,8 @@ _PAPER = {"iterations": 200, "batch_size": 256, "g_steps": 200, "kd_steps": 2000
 class SpaceshipNet(PoolDistillation):
     Config = SpaceshipNetConfig
     citation = ("Yu et al. Data-Free Knowledge Distillation via Feature Exchange and Activation Region "
-                "Constraint. CVPR 2023 (recipe: skgyu/SpaceshipNet scripts/DFKD_Cifar100_ResNet34_ResNet18_V37_conv012_seed40.yaml)")
+                "Constraint. CVPR 2023 (recipe: skgyu/SpaceshipNet "
+                "scripts/DFKD_Cifar100_ResNet34_ResNet18_V37_conv012_seed40.yaml)")
     budgets = {
         # seconds on a 2-core CPU; lands well above chance on digits (tests/test_methods.py)
         "smoke": {"iterations": 5, "eval_every": 5, "log_every": 1, "batch_size": 64, "g_steps": 15,

@@ -16,7 +16,6 @@ from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
 from benchmark.runner import resolve_cell
-from methods import nayer as nayer_module
 from methods.nayer import (NoisyLayerGenerator, balanced_targets, load_label_embedding,
                            random_label_embedding)
 
@@ -139,7 +138,8 @@ def test_every_term_reaches_noisy_layers_and_body_but_not_the_networks():
     terms = m.losses(m.generator(y), y)
     assert set(terms) == {"bn", "oh", "adv"} and terms["adv"].item() <= 0
     for name, term in terms.items():
-        assert all(_nonzero(term, [m.generator.noisy[0].weight, m.generator.l1.weight, m.generator.body[2].weight])), name
+        params = [m.generator.noisy[0].weight, m.generator.l1.weight, m.generator.body[2].weight]
+        assert all(_nonzero(term, params)), name
     assert not m.generator.label_emb.requires_grad
     m.synthesize()
     assert all(p.grad is None for p in m.teacher.parameters()) and all(p.grad is None for p in m.student.parameters())
