@@ -75,10 +75,12 @@ class BatchNormStatistics:
         finally:
             self._active = False
 
-    def loss(self) -> torch.Tensor:
+    def loss(self, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum of the per-layer terms, each scaled by ``weights[i]`` when given (one weight per layer)."""
         if not self._terms:
             raise RuntimeError("no BatchNorm statistics recorded: run the model inside recording()")
-        return torch.stack(self._terms).sum()
+        terms = torch.stack(self._terms)
+        return (terms if weights is None else terms * weights).sum()
 
     @torch.no_grad()
     def update_momentum(self) -> None:

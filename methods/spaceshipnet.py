@@ -69,7 +69,7 @@ from benchmark.models.small_cnn import SmallCNN
 from benchmark.models.vgg import VGG
 from benchmark.models.wrn import WideResNet
 
-from ._common import register_method
+from ._common import balanced_labels, register_method
 from ._inversion import ImagePool, PoolConfig, PoolDistillation, random_crop_flip
 
 
@@ -168,11 +168,6 @@ def channel_exchange(feats: torch.Tensor) -> torch.Tensor:
     n, c = feats.shape[:2]
     keep = torch.rand(n, c, device=feats.device).argsort(1) < c // 2
     return torch.where(keep.view(n, c, *[1] * (feats.dim() - 2)), feats, feats.flip(0))
-
-
-def balanced_labels(n: int, num_classes: int, device: torch.device) -> torch.Tensor:
-    """The released ``generate_input(test=True)`` labels: 0..C-1 repeated, then 0..(n % C)-1."""
-    return (torch.arange(n, device=device) % num_classes)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -315,10 +310,7 @@ class SpaceshipNet(PoolDistillation):
         with self.ctx.autocast():
             with self.bn_prior.recording():
                 t_out = self.teacher_forward(x)
-            if self.bn_scale is None:
-                bn = self.bn_prior.loss()
-            else:
-                bn = (torch.stack(self.bn_prior._terms) * self.bn_scale).sum()
+            bn = self.bn_prior.loss(self.bn_scale)
         return {"cls": c.cls * F.cross_entropy(t_out.float(), targets), "bn": c.bn * bn}
 
     def synthesize(self) -> dict[str, torch.Tensor]:
@@ -327,7 +319,7 @@ class SpaceshipNet(PoolDistillation):
         gen = self.generator
         gen.train()
         z = torch.randn(n, c.nz, device=self.device)
-        targets = balanced_labels(n, self.num_classes, self.device)
+        targets = balanced_labels(n, self.num_classes, self.device)  # the released generate_input(test=True) labels
         opt = torch.optim.Adam(gen.parameters(), lr=c.lr_g, betas=(c.beta1_g, c.beta2_g))
         best_cost = torch.full((), float("inf"), device=self.device)
         best: list[torch.Tensor] | None = None
