@@ -21,6 +21,7 @@ from methods._inversion import (ImagePool, js_divergence, masked_disagreement,
                                 random_crop_flip, random_resized_crop)
 from methods.cmi import feature_layers
 from methods.fast import Fast
+from grad_flags import nonzero_grads
 
 SPEC = get_dataset("digits")
 SMALL = {"batch_size": 16, "g_steps": 2, "kd_steps": 2}
@@ -55,11 +56,6 @@ def _make_student_agree(m, images: torch.Tensor) -> None:
     with torch.no_grad():
         top = m.teacher(m.normalizer(images)).argmax(1).mode().values
         m.student.fc.bias[top] += 10.0
-
-
-def _nonzero_grads(loss: torch.Tensor, params) -> list[bool]:
-    grads = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
-    return [g is not None and bool(g.abs().sum() > 0) for g in grads]
 
 
 # ---- the image pool ---------------------------------------------------------------------------------------
@@ -156,7 +152,7 @@ def test_deepinv_every_term_sends_gradient_to_the_images_and_none_to_the_nets():
     terms = m.losses(x, y)
     assert set(terms) == {"bn", "oh", "adv", "tv", "l2"}
     for name, term in terms.items():
-        assert _nonzero_grads(term, [x]) == [True], name
+        assert nonzero_grads(term, [x]) == [True], name
     total = sum(terms.values())
     total.backward()
     assert all(p.grad is None for p in m.teacher.parameters())
@@ -210,10 +206,10 @@ def test_cmi_every_term_sends_gradient_to_generator_and_latent_and_cr_to_the_hea
     assert set(terms) == {"bn", "oh", "adv", "cr"} and feats.shape == (16, m.bank.data.shape[1])
     gen = list(m.generator.parameters())
     for name, term in terms.items():
-        flags = _nonzero_grads(term, gen + [z])
+        flags = nonzero_grads(term, gen + [z])
         assert flags[-1] and any(flags[:-1]), name
-    assert any(_nonzero_grads(terms["cr"], m.head.parameters()))
-    assert not any(_nonzero_grads(terms["bn"], m.head.parameters()))
+    assert any(nonzero_grads(terms["cr"], m.head.parameters()))
+    assert not any(nonzero_grads(terms["bn"], m.head.parameters()))
     assert all(not p.requires_grad for p in m.teacher.parameters())
 
 
@@ -317,9 +313,9 @@ def test_fast_inner_terms_reach_the_fast_generator_and_latent_only():
     terms = m.losses(m.fast_generator(z), torch.randint(0, 10, (16,)))
     assert set(terms) == {"bn", "oh", "adv"} and terms["adv"].item() <= 0
     for name, term in terms.items():
-        flags = _nonzero_grads(term, list(m.fast_generator.parameters()) + [z])
+        flags = nonzero_grads(term, list(m.fast_generator.parameters()) + [z])
         assert flags[-1] and any(flags[:-1]), name
-        assert not any(_nonzero_grads(term, m.generator.parameters())), name
+        assert not any(nonzero_grads(term, m.generator.parameters())), name
 
 
 def test_fast_warmup_rounds_only_synthesize_and_adv_starts_at_the_warmup_round():

@@ -18,6 +18,7 @@ from benchmark.registry import METHODS
 from benchmark.runner import resolve_cell
 from methods.nayer import (NoisyLayerGenerator, balanced_targets, load_label_embedding,
                            random_label_embedding)
+from grad_flags import nonzero_grads
 
 SPEC = get_dataset("digits")
 AUTHORS_PICKLE = "/work/refs/tmtuan1307+NAYER/label_embedding/cifar10_le.pickle"
@@ -44,11 +45,6 @@ def _method(iterations: int = 10, **overrides):
     ctx = MethodContext(teacher=_teacher(), student=create_model("cnn_narrow", 10, SPEC.image_shape),
                         dataset=SPEC, device=torch.device("cpu"), iterations=iterations)
     return METHODS.get("nayer")(ctx, cfg)
-
-
-def _nonzero(loss, params) -> list[bool]:
-    grads = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
-    return [g is not None and bool(g.abs().sum() > 0) for g in grads]
 
 
 # ---- recipe -------------------------------------------------------------------------------------------------
@@ -139,7 +135,7 @@ def test_every_term_reaches_noisy_layers_and_body_but_not_the_networks():
     assert set(terms) == {"bn", "oh", "adv"} and terms["adv"].item() <= 0
     for name, term in terms.items():
         params = [m.generator.noisy[0].weight, m.generator.l1.weight, m.generator.body[2].weight]
-        assert all(_nonzero(term, params)), name
+        assert all(nonzero_grads(term, params)), name
     assert not m.generator.label_emb.requires_grad
     m.synthesize()
     assert all(p.grad is None for p in m.teacher.parameters()) and all(p.grad is None for p in m.student.parameters())
