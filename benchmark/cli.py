@@ -12,7 +12,7 @@ from pathlib import Path
 from . import launch as launch_mod
 from .config import ConfigError, parse_assignments
 from .data import DataError
-from .records import Cell
+from .records import Cell, OutputLayout
 from .registry import DATASETS, METHODS, MODELS, UnknownNameError
 from .runner import RunOptions, resolve_cell
 
@@ -174,7 +174,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     check_model_fits(arch, spec.image_shape)
     device = resolve_device(args.device)
     spec.load("train", args.data_root, args.download)
-    cache = Path(args.teacher_cache) if args.teacher_cache else Path(args.out) / "teachers"
+    cache = Path(args.teacher_cache) if args.teacher_cache else OutputLayout(args.out).teachers
     _, info = get_teacher(spec, arch, args.seed, device, cache, args.data_root, args.download,
                           progress=not args.no_progress)
     print(f"teacher {spec.name}/{arch} seed {args.seed}: {info['test_acc']:.2f}% top-1 "

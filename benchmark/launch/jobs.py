@@ -12,9 +12,8 @@ from typing import Any
 
 from submitit.helpers import Checkpointable
 
-from ..records import RECORD_NAME, Cell, atomic_write_json, cell_dir, existing_record
+from ..records import Cell, OutputLayout, Record, atomic_write_json, write_record
 from ..runner import RunOptions, run_cell
-from ..status import JOB_INFO_NAME
 from .plan import _now
 
 
@@ -82,7 +81,7 @@ class CellTask(Checkpointable):
         statuses = []
         for cell_dict in cells:
             cell = Cell.from_dict(cell_dict)
-            atomic_write_json(cell_dir(self.options.out, cell) / JOB_INFO_NAME,
+            atomic_write_json(OutputLayout(self.options.out).job_info(cell),
                               {**ident, "cell_id": cell.cell_id, "started_at": _now()})
             try:
                 record = run_cell(cell, self.options)
@@ -99,13 +98,9 @@ def _failed_record(cell: Cell, options: RunOptions, exc: Exception) -> dict:
     """A ``failed`` record for an exception raised outside ``run_cell``'s own handling (never over a done one)."""
     import traceback
 
-    record = {**cell.as_dict(), "cell_id": cell.cell_id, "status": "failed",
-              "error": f"{type(exc).__name__}: {exc}".splitlines()[0], "traceback": traceback.format_exc(),
-              "finished_at": _now()}
-    previous = existing_record(options.out, cell)
-    name = "last_failure.json" if previous and previous.get("status") == "done" else RECORD_NAME
-    atomic_write_json(cell_dir(options.out, cell) / name, record)
-    return record
+    record = Record.failure(cell, f"{type(exc).__name__}: {exc}", traceback.format_exc(), finished_at=_now())
+    write_record(options.out, record)
+    return record.to_dict()
 
 
 class TeacherTask(Checkpointable):

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..records import Cell, atomic_write_json, existing_record
+from ..records import Cell, OutputLayout, atomic_write_json, existing_record
 from ..runner import RunOptions
-from ..status import GRID_NAME, SUBMISSIONS  # the files that status reads
 
 if TYPE_CHECKING:
     from .resources import Resources
@@ -62,7 +61,7 @@ def _now() -> str:
 
 
 def update_grid(out: Path, cells: list[Cell]) -> None:
-    path = Path(out) / GRID_NAME
+    path = OutputLayout(out).grid
     grid: dict[str, Any] = {}
     if path.is_file():
         try:
@@ -76,7 +75,7 @@ def update_grid(out: Path, cells: list[Cell]) -> None:
 
 
 def append_submission(out: Path, entry: dict) -> None:
-    path = Path(out) / SUBMISSIONS
+    path = OutputLayout(out).submissions
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         handle.write(json.dumps(entry, sort_keys=True, default=str) + "\n")

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..records import Cell
+from ..records import Cell, OutputLayout
 from ..runner import RunOptions, run_cell
-from ..status import LAUNCH_DIR
 from .errors import LaunchError
 from .jobs import CellTask, TeacherTask, _JobSettings
 from .plan import Plan, _now, append_submission, missing_teachers, plan_cells, print_plan, update_grid
@@ -58,10 +57,10 @@ def launch(cells: list[Cell], options: RunOptions, args: argparse.Namespace) -> 
         print("nothing to submit")
         return _wait(cells, options, skipped=plan.done) if wait else []
 
-    log_dir = Path(getattr(args, "log_dir", None) or Path(options.out) / "logs").resolve()
+    log_dir = Path(getattr(args, "log_dir", None) or OutputLayout(options.out).logs).resolve()
     snapshot = None
     if not getattr(args, "no_snapshot", False):
-        snapshot = make_snapshot(Path(options.out) / LAUNCH_DIR / "snapshots",
+        snapshot = make_snapshot(OutputLayout(options.out).snapshots,
                                  exclude=[options.out, log_dir, options.cache_dir()])
         print(f"code snapshot: {snapshot.path} (commit {snapshot.commit or '?'}"
               f"{', dirty tree' if snapshot.dirty else ''})")

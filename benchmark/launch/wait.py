@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Iterable
 
-from ..records import Cell, existing_record
+from ..records import Cell, Record, existing_record
 from ..runner import RunOptions
 
 
@@ -40,7 +40,6 @@ def _wait(cells: list[Cell], options: RunOptions, skipped: Iterable[Cell] = (), 
             rec["skipped"] = True
         if rec is None:
             st = by_id.get(cell.cell_id)
-            rec = {**cell.as_dict(), "cell_id": cell.cell_id, "status": "failed",
-                   "error": (st.error if st and st.error else "no record written")}
+            rec = Record.failure(cell, st.error if st and st.error else "no record written").to_dict()
         records.append(rec)
     return records
