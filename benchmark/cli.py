@@ -13,7 +13,7 @@ from . import launch as launch_mod
 from .config import ConfigError, parse_assignments
 from .data import DataError
 from .records import Cell, OutputLayout
-from .registry import DATASETS, METHODS, MODELS, UnknownNameError
+from .registry import DATASETS, METHODS, MODELS, UnknownNameError, load_plugins
 from .runner import RunOptions, resolve_cell
 
 EXIT_BAD_INPUT = 2
@@ -32,7 +32,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _load_plugins() -> None:
-    import methods  # noqa: F401  (registers every method)
+    load_plugins()
 
 
 def _seeds(text: str) -> list[int]:

@@ -22,7 +22,7 @@ two cells never share a folder.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import json
 import os
 import tempfile
@@ -47,22 +47,33 @@ class Cell:
     overrides: tuple[tuple[str, str], ...] = ()      # sorted (key, value) pairs from --set
     teacher_ckpt: str | None = None                  # an external teacher checkpoint, else trained and cached
 
-    @property
+    @functools.cached_property
     def cell_id(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        digest = hashlib.sha1(blob.encode()).hexdigest()[:8]
-        return f"{self.dataset}-{self.teacher}-{self.student}-{self.method}-{self.budget}-s{self.seed}-{digest}"
+        """Readable, ending in a hash of the resolved configs (``benchmark.identity``); resolving checks the
+        cell, so a bad one raises here."""
+        from .identity import cell_id
+
+        return cell_id(self)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["overrides"] = dict(self.overrides)
         return d
 
+    def to_job(self) -> dict[str, Any]:
+        """What a job receives: the cell and its id, so that the job writes where the submitter looks even
+        if resolving on the node would differ (e.g. an ``auto`` value that depends on installed packages)."""
+        return {**self.as_dict(), "cell_id": self.cell_id}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Cell":
+        """A cell from ``as_dict()`` or ``to_job()`` output (a given ``cell_id`` is kept, not recomputed)."""
         d = dict(d)
         d["overrides"] = tuple(sorted((str(k), str(v)) for k, v in dict(d.get("overrides") or {}).items()))
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+        cell = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+        if d.get("cell_id"):
+            cell.__dict__["cell_id"] = str(d["cell_id"])     # the cached property's slot
+        return cell
 
 
 # ---- the output folder ------------------------------------------------------------------------------------

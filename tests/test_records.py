@@ -6,7 +6,7 @@ import json
 from benchmark.records import (SCHEMA_VERSION, Cell, OutputLayout, Record, iter_records, load_record, read_record,
                                write_record)
 
-CELL = Cell("dafl", "digits", "cnn_wide", "cnn_narrow", seed=1, budget="smoke", overrides=(("alpha", "5"),))
+CELL = Cell("dafl", "digits", "cnn_wide", "cnn_narrow", seed=1, budget="smoke", overrides=(("oh", "5"),))
 
 
 def test_layout_names_every_file_of_an_output_folder(tmp_path):
@@ -29,7 +29,7 @@ def test_every_written_record_carries_the_schema_version_and_round_trips(tmp_pat
     assert path == OutputLayout(tmp_path).record(CELL)
     raw = json.loads(path.read_text())
     assert raw["schema_version"] == SCHEMA_VERSION == 2
-    assert raw["some_new_counter"] == 3 and raw["overrides"] == {"alpha": "5"} and raw["cell_id"] == CELL.cell_id
+    assert raw["some_new_counter"] == 3 and raw["overrides"] == {"oh": "5"} and raw["cell_id"] == CELL.cell_id
     back = load_record(path)
     assert back is not None and back.to_dict() == rec.to_dict()
     assert "resumed_from" not in raw                          # present only when a run resumed

@@ -13,6 +13,7 @@ from typing import Any
 from submitit.helpers import Checkpointable
 
 from ..records import Cell, OutputLayout, Record, atomic_write_json, write_record
+from ..registry import load_plugins
 from ..runner import RunOptions, run_cell
 from .plan import _now
 
@@ -75,7 +76,7 @@ class CellTask(Checkpointable):
 
     def __call__(self, cells: list[dict]) -> list[dict]:
         self.settings.apply()
-        import methods  # noqa: F401  (registers every method, as the command line does)
+        load_plugins()      # registers every method, as the command line does
 
         ident = _job_identity()
         statuses = []

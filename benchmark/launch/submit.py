@@ -141,7 +141,7 @@ def _submit_slurm(plan: Plan, teachers: list, options: RunOptions, resources: Re
             ex = _executor("slurm", log_dir, res, f"dfkd-{Path(options.out).name}")
             if dep:
                 ex.update_parameters(slurm_dependency=dep)
-            jobs = ex.map_array(CellTask(options, settings), [[c.as_dict()] for c in group])
+            jobs = ex.map_array(CellTask(options, settings), [[c.to_job()] for c in group])
             for cell, job in zip(group, jobs):
                 entry["tasks"][cell.cell_id] = _job_entry(job)
             all_jobs += jobs
@@ -170,7 +170,7 @@ def _submit_local(plan: Plan, options: RunOptions, resources: Resources, setting
     per_worker = dataclasses.replace(resources, time=resources.time * max(len(c) for c in chunks))
     with _chdir(_code_dir(snapshot)):
         ex = _executor("local", log_dir, per_worker, f"dfkd-{Path(options.out).name}")
-        jobs = ex.map_array(CellTask(options, settings), [[c.as_dict() for c in chunk] for chunk in chunks])
+        jobs = ex.map_array(CellTask(options, settings), [[c.to_job() for c in chunk] for chunk in chunks])
     for chunk, job in zip(chunks, jobs):
         for cell in chunk:
             entry["tasks"][cell.cell_id] = _job_entry(job)
