@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import env
+from .checks import SEED, check_ranges
 from .config import RunConfig, apply_overrides, split_overrides
 from .data import DatasetSpec
 from .method import DFKDMethod, MethodContext
@@ -62,6 +63,7 @@ def resolve_cell(cell: Cell) -> ResolvedCell:
     """Check every name and value of a cell and build its configs; raises ``ConfigError``/``KeyError``."""
     method_cls = METHODS.get(cell.method)
     spec: DatasetSpec = DATASETS.get(cell.dataset)
+    SEED.check("seed", cell.seed)
     check_model_fits(cell.teacher, spec.image_shape)
     check_model_fits(cell.student, spec.image_shape)
     preset = method_cls.budget_overrides(cell.budget, cell.dataset, cell.teacher, cell.student)
@@ -70,6 +72,7 @@ def resolve_cell(cell: Cell) -> ResolvedCell:
     run_cfg = apply_overrides(RunConfig(), run_over)
     run_cfg.validate()
     method_cfg = apply_overrides(method_cls.Config(), method_over)
+    check_ranges(method_cfg)        # declared ranges (benchmark/checks.py), then the method's own checks
     if hasattr(method_cfg, "validate"):
         method_cfg.validate()
     method_cls.check_config(method_cfg, spec)
