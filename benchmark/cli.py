@@ -17,6 +17,7 @@ from .registry import DATASETS, METHODS, MODELS, UnknownNameError, load_plugins
 from .runner import RunOptions, resolve_cell
 
 EXIT_BAD_INPUT = 2
+DEFAULT_OUT = "runs"      # never the folder of the committed reference records (results/reference)
 
 
 class UsageError(Exception):
@@ -68,7 +69,8 @@ def add_io_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the datasets other than digits")
     p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    p.add_argument("--out", default="results", help="output folder for records (default: results)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder for records (default: {DEFAULT_OUT}; the "
+                   "committed reference set lives apart, in results/reference)")
     p.add_argument("--teacher-cache", default=None, help="teacher checkpoint cache (default: OUT/teachers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -38,7 +38,7 @@ class NonFiniteLossError(RuntimeError):
 class RunOptions:
     """Where and how cells run; not part of a cell's identity."""
 
-    out: Path = Path("results")
+    out: Path = Path("runs")
     data_root: str | None = None
     download: bool = False
     device: str = "auto"

@@ -68,6 +68,8 @@ def command(args: argparse.Namespace) -> int:
         if df.empty:
             raise ReportError(f"no records under {', '.join(map(str, args.outs))}")
         main = accuracy_table(df, metric=args.metric, table=args.table)
+        for line in main.mixed:
+            print(f"warning: runs differ within a row: {line}", file=sys.stderr)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
