@@ -6,6 +6,7 @@ Every bad input (unknown name, bad value, impossible combination, missing data) 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from pathlib import Path
 
@@ -195,6 +196,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in MODELS.list(args.pattern):
             entry = MODELS.get(name)
             print(f"{name:14s} {entry.description}")
+    elif args.what == "profiles":
+        from .launch.resources import PROFILE_DIR, SLURM_DIR
+
+        for path in sorted(PROFILE_DIR.glob("*.toml")):
+            if fnmatch.fnmatchcase(path.stem, args.pattern):
+                print(f"{path.stem:14s} {path}")
+        print(f"local SLURM cluster scripts: {SLURM_DIR / 'start_local_slurm.sh'}, {SLURM_DIR / 'stop_local_slurm.sh'}")
     else:
         for name in DATASETS.list(args.pattern):
             s = DATASETS.get(name)
@@ -221,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_io_arguments(p)
     p.set_defaults(func=cmd_teacher)
 
-    p = sub.add_parser("list", help="list registered methods, models or datasets")
-    p.add_argument("what", choices=["methods", "models", "datasets"])
+    p = sub.add_parser("list", help="list registered methods, models or datasets, or the SLURM profiles")
+    p.add_argument("what", choices=["methods", "models", "datasets", "profiles"])
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'wrn*'")
     p.set_defaults(func=cmd_list)
 

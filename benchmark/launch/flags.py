@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="jobs run the working tree itself instead of a snapshot taken at submission")
     r = parser.add_argument_group("SLURM resources (override the profile)")
     r.add_argument("--slurm-profile", default=os.environ.get("DFKD_SLURM_PROFILE"), metavar="NAME|PATH",
-                   help="cluster profile: slurm/profiles/NAME.toml or a .toml path (default: $DFKD_SLURM_PROFILE)")
+                   help="cluster profile: NAME (one shipped in benchmark/launch/slurm/profiles/; `python -m benchmark list profiles`) or a .toml path (default: $DFKD_SLURM_PROFILE)")
     r.add_argument("--partition", default=None)
     r.add_argument("--account", default=None)
     r.add_argument("--qos", default=None)
