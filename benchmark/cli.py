@@ -233,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
         report.add_arguments(p)
         p.set_defaults(func=report.command)
 
+    from .parity import cli as parity_cli
+
+    p = sub.add_parser("parity", help="compare a method with its authors' released code, step by step")
+    parity_cli.add_arguments(p)
+    p.set_defaults(func=parity_cli.command)
+
     try:
         from . import status
     except ImportError:  # pragma: no cover
