@@ -148,8 +148,12 @@ class Expansion:
     common: dict[str, str] = field(default_factory=dict)    # --set values every row shares
 
     def cells(self) -> list[Cell]:
-        """The runnable cells, each once (two rows that resolve to the same settings share their cells)."""
-        return list(dict.fromkeys(p.cell for p in self.planned if p.problem is None))
+        """The runnable cells, each once (two rows that resolve to the same settings share their cells), seed
+        by seed: every row and column of the first seed before the second seed's, so that a table cut short
+        has every row at a smaller n rather than rows missing."""
+        order = {s: i for i, s in enumerate(self.seeds)}
+        ready = sorted((p for p in self.planned if p.problem is None), key=lambda p: order[p.seed])
+        return list(dict.fromkeys(p.cell for p in ready))
 
     def problems(self) -> list[str]:
         return list(dict.fromkeys(p.problem for p in self.planned if p.problem))
