@@ -19,11 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import env
+from .build import build_method
 from .checks import SEED, check_ranges
 from .config import RunConfig, apply_overrides, split_overrides
 from .data import DatasetSpec
-from .method import DFKDMethod, MethodContext
-from .models import check_model_fits, create_model
+from .method import DFKDMethod
+from .models import check_model_fits
 from .records import Cell, OutputLayout, Record, atomic_torch_save, load_record, write_record
 from .registry import DATASETS, METHODS
 from .teachers import get_teacher
@@ -150,18 +151,9 @@ def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, 
 
     # Re-seed so that the student and method do not depend on whether the teacher was trained or cached.
     env.seed_everything(cell.seed + 1)
-    student = method_cls.make_student(teacher, lambda: create_model(cell.student, spec.num_classes, spec.image_shape))
-    student = student.to(device)
-    if run_cfg.channels_last:
-        teacher.to(memory_format=torch.channels_last)
-        student.to(memory_format=torch.channels_last)
-    ctx = MethodContext(
-        teacher=torch.compile(teacher) if run_cfg.compile else teacher,
-        student=student, dataset=spec, device=device, iterations=run_cfg.iterations, precision=precision,
-        real_train_data=(lambda: spec.load("train", options.data_root, options.download)),
-        channels_last=run_cfg.channels_last,
-    )
-    method = method_cls(ctx, resolved.method_cfg)
+    method = build_method(method_cls, teacher, cell.student, spec, device, resolved.method_cfg, run_cfg,
+                          real_train_data=lambda: spec.load("train", options.data_root, options.download))
+    student = method.student
 
     start_it, elapsed, train_elapsed = 0, 0.0, 0.0
     curve: list[dict] = []
