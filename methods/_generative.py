@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from benchmark.checks import BETA, COUNT, FRACTION, NONNEG, POSITIVE, POS_COUNT, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.method import DFKDMethod
 from benchmark.models.generators import DataFreeGenerator
@@ -23,6 +24,9 @@ from benchmark.models.generators import DataFreeGenerator
 from ._common import batch_statistics, eval_mode, no_param_grad, warmup_cosine
 
 
+@ranges(batch_size=POS_COUNT, synthesis_batch_size=COUNT, nz=POS_COUNT, ngf=POS_COUNT, generator_width=POS_COUNT,
+        g_steps=COUNT, s_steps=POS_COUNT, lr_g=POSITIVE, beta1_g=BETA, beta2_g=BETA, lr_s=POSITIVE, momentum=BETA,
+        weight_decay=NONNEG, eta_min_ratio=FRACTION, sample_mode=choice("eval", "train"))
 @dataclass
 class GenerativeConfig:
     """Loop and optimiser settings shared by the four methods; the defaults are the DataFree library's

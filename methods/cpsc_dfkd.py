@@ -77,6 +77,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.checks import BETA, COUNT, FRACTION, NONNEG, POSITIVE, POS_COUNT, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics, kd_kl, supervised_contrastive
 from benchmark.method import DFKDMethod
@@ -85,6 +86,10 @@ from benchmark.models.generators import ConditionalGenerator
 from ._common import balanced_labels, batch_statistics, no_param_grad, register_method, warmup_cosine
 
 
+@ranges(batch_size=POS_COUNT, nz=POS_COUNT, ngf=POS_COUNT, g_steps=COUNT, s_steps=POS_COUNT, lr_g=POSITIVE,
+        beta1_g=BETA, beta2_g=BETA, lr_s=POSITIVE, momentum=BETA, weight_decay=NONNEG, warmup_fraction=FRACTION,
+        adv=NONNEG, alpha=NONNEG, beta=NONNEG, gamma=NONNEG, eta=NONNEG, temperature=POSITIVE,
+        ikd_form=choice("log", "mse"), memory_format=choice("auto", "channels_last", "contiguous"))
 @dataclass
 class CPSCConfig:
     batch_size: int = 512
