@@ -133,7 +133,8 @@ def test_mnist_real_rows_use_the_dafl_authors_recipe():
             assert (c.optimizer, c.lr, c.batch_size, c.weight_decay, c.schedule) == ("adam", 1e-3, 256, 0.0, "constant")
             assert r.run_cfg.iterations == 9 * 235
     # digits keeps its SGD recipe
-    assert resolve_cell(Cell("kd-real", "digits", "cnn_wide", "cnn_narrow", budget="default")).method_cfg.optimizer == "sgd"
+    digits = resolve_cell(Cell("kd-real", "digits", "cnn_wide", "cnn_narrow", budget="default"))
+    assert digits.method_cfg.optimizer == "sgd"
 
 
 def test_kd_real_learns_on_the_bn_free_lenet_pair():
