@@ -15,6 +15,11 @@ class ConfigError(ValueError):
     """A bad config key or value; the message is one line."""
 
 
+class NotApplicableError(ConfigError):
+    """A method cannot run with a cell's teacher or dataset (e.g. it matches BatchNorm statistics and the
+    teacher has none). Found when the cell is resolved, before any teacher is trained."""
+
+
 @dataclasses.dataclass
 class RunConfig:
     """Harness-level settings of one cell, the same for every method.

@@ -24,8 +24,8 @@ output was constant (logit spread over a batch 0.000, CE ln 10) for hundreds of 
 steps with the teacher at 97.3 here; 9.3 % in the run reported in issue 10). Plain CE at that LR already
 lost half of those channels by step 40. The student starts with an almost constant output (PyTorch's
 default init shrinks the signal through the five BN-free layers: logit spread 0.014 at step 0), so the
-first steps are large relative to it. Adam's per-parameter step size does not scale with the loss, and no channel died; with it
-both rows end within 0.1 point of the teacher (97.35 / 97.35 vs 97.30, seed 0).
+first steps are large relative to it. Adam's per-parameter step size does not scale with the loss, and no
+channel died; with it both rows end within 0.1 point of the teacher (97.35 / 97.35 vs 97.30, seed 0).
 
 These rows read real data (``data_free = False``). One iteration is one optimiser step on a batch of the real
 training split, shuffled every epoch and augmented as the dataset's teacher recipe does (random crop, plus
