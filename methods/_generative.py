@@ -39,9 +39,11 @@ class GenerativeConfig:
     beta1_g: float = 0.5
     beta2_g: float = 0.999
     lr_s: float = 0.1
+    optimizer_s: str = "sgd"        # sgd (with momentum) | adam (betas 0.9, 0.999; DAFL's MNIST recipe)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    eta_min_ratio: float = 0.0      # cosine floor as a fraction of lr_s (CMI: 0; Fast-Datafree: 2e-4 / 0.1)
+    # cosine floor as a fraction of lr_s (CMI: 0; Fast-Datafree: 2e-4 / 0.1); 1 keeps the LRs constant
+    eta_min_ratio: float = 0.0
     # decay lr_g with the student's schedule: the DataFree library keeps it constant (False); DFAD's README
     # command (--scheduler: both LRs x0.1 at the same epochs) and ZSKT's paper (both cosine-annealed) decay it
     decay_lr_g: bool = False
@@ -53,6 +55,10 @@ class GenerativeConfig:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.g_steps < 0 or self.synthesis_batch_size < 0:
             raise ConfigError("g_steps and synthesis_batch_size must be >= 0")
+        if self.optimizer_s not in ("sgd", "adam"):
+            raise ConfigError(f"optimizer_s must be 'sgd' or 'adam', got {self.optimizer_s!r}")
+        if not 0 <= self.eta_min_ratio <= 1:
+            raise ConfigError(f"eta_min_ratio must be in [0, 1] (1: constant LR), got {self.eta_min_ratio}")
         if self.sample_mode not in ("eval", "train"):
             raise ConfigError(f"sample_mode must be 'eval' or 'train', got {self.sample_mode!r}")
         if (self.synthesis_batch_size or self.batch_size) < 2:
@@ -90,6 +96,8 @@ class GenerativeBaseline(DFKDMethod):
 
     def make_student_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
+        if c.optimizer_s == "adam":
+            return torch.optim.Adam(self.student.parameters(), lr=c.lr_s, weight_decay=c.weight_decay)
         return torch.optim.SGD(self.student.parameters(), lr=c.lr_s, momentum=c.momentum, weight_decay=c.weight_decay)
 
     # ---- what a method defines ----------------------------------------------------------------------
