@@ -66,7 +66,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmark.checks import FRACTION, NONNEG, POS_COUNT, choice, ranges
-from benchmark.config import ConfigError
+from benchmark.config import ConfigError, NotApplicableError
 from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
 from benchmark.models.resnet import CifarResNet
@@ -279,6 +279,16 @@ class SpaceshipNet(PoolDistillation):
     citation = ("Yu et al. Data-Free Knowledge Distillation via Feature Exchange and Activation Region "
                 "Constraint. CVPR 2023 (recipe: skgyu/SpaceshipNet "
                 "scripts/DFKD_Cifar100_ResNet34_ResNet18_V37_conv012_seed40.yaml)")
+    @classmethod
+    def check_compatible(cls, teacher: nn.Module, dataset) -> None:
+        """Also needs a network whose stages and single linear classifier ``ActivationSites`` knows (the CAM
+        runs the last feature map through that layer): LeNet-5's two-layer head on a 1x1 map has no CAM."""
+        super().check_compatible(teacher, dataset)
+        net = getattr(teacher, "_orig_mod", teacher)
+        if not isinstance(net, (CifarResNet, WideResNet, VGG, SmallCNN)):
+            raise NotApplicableError(f"method 'spaceshipnet' needs the stages and linear classifier of a resnet, "
+                                     f"wrn, vgg or small CNN; {type(net).__name__} is not supported")
+
     budgets = {
         # seconds on a 2-core CPU; lands well above chance on digits (tests/test_methods.py)
         "smoke": {"iterations": 5, "eval_every": 5, "log_every": 1, "batch_size": 64, "g_steps": 15,

@@ -193,3 +193,11 @@ def test_methods_all_leaves_out_the_not_applicable_ones_with_a_note(capsys):
     args = build_parser().parse_args(["run", "--methods", "dafl,fast*", "--dataset", "mnist", "--teacher", "lenet5",
                                       "--student", "lenet5_half"])
     assert [c.method for c in cells_from_args(args)] == ["dafl"]
+
+
+def test_spaceshipnet_is_not_applicable_to_lenet_before_any_teacher(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_main(["run", "--methods", "spaceshipnet", "--dataset", "mnist", "--data-root",
+                             str(tmp_path / "nowhere"), "--out", str(out)], capsys)
+    assert code == 2 and "LeNet5 is not supported" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

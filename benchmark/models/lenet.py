@@ -8,7 +8,7 @@ Names (``features.{0,3,6}``, ``fc.{0,2}``) match the DataFree library.
 
 ``lenet5_bn`` / ``lenet5_half_bn`` (this project's variants, not DAFL's): the same networks with a
 BatchNorm2d after each conv (before its ReLU), so that the methods that match the teacher's BatchNorm
-statistics (DeepInversion, DFQ, CMI, Fast, CPSC-DFKD, SpaceshipNet, NAYER) run on MNIST; they are MNIST's
+statistics (DeepInversion, DFQ, CMI, Fast, CPSC-DFKD, NAYER, CuDFKD) run on MNIST; they are MNIST's
 default pair. The BN-free ``lenet5`` -> ``lenet5_half`` stays the pair of DAFL's paper.
 """
 from __future__ import annotations
