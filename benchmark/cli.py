@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import launch as launch_mod
-from .config import ConfigError
+from .config import ConfigError, NotApplicableError
 from .data import DataError
 from .records import Cell, OutputLayout
 from .registry import DATASETS, METHODS, MODELS, UnknownNameError, load_plugins
@@ -115,9 +115,30 @@ def cells_from_args(args: argparse.Namespace) -> list[Cell]:
             cells += [Cell(m, spec.name, teacher, student, seed, budget, overrides, args.teacher_ckpt)
                       for m in methods for overrides in combos for seed in seeds]
     cells = list(dict.fromkeys(cells))      # a pair named twice runs once
+    return resolve_or_skip(cells, args.methods)
+
+
+def resolve_or_skip(cells: list[Cell], methods_arg: str) -> list[Cell]:
+    """Resolve every cell (raises on any bad input). A method that cannot run with a cell's teacher (e.g.
+    it needs BatchNorm statistics and the teacher has none) is an error when the user named it; when it
+    came in through ``all`` or a pattern, its cells are left out with one note per method on stderr."""
+    named = {p.strip() for p in methods_arg.split(",")} - {"all"}
+    kept: list[Cell] = []
+    skipped: dict[str, str] = {}
     for cell in cells:
-        resolve_cell(cell)
-    return cells
+        try:
+            resolve_cell(cell)
+        except NotApplicableError as exc:
+            if cell.method in named:
+                raise
+            skipped.setdefault(cell.method, str(exc).split(";")[0])
+            continue
+        kept.append(cell)
+    for reason in skipped.values():
+        print(f"note: not applicable, skipped: {reason}", file=sys.stderr)
+    if not kept:
+        raise UsageError("no selected method applies to the chosen teacher(s)")
+    return kept
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:

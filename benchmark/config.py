@@ -13,6 +13,11 @@ from typing import Any
 from .checks import COUNT, POS_COUNT, ConfigError, check_ranges, choice, ranges
 
 
+class NotApplicableError(ConfigError):
+    """A method cannot run with a cell's teacher or dataset (e.g. it matches BatchNorm statistics and the
+    teacher has none). Found when the cell is resolved, before any teacher is trained."""
+
+
 @ranges(iterations=COUNT, eval_every=POS_COUNT, log_every=POS_COUNT, checkpoint_every=COUNT,
         eval_batch_size=POS_COUNT, quality_samples=COUNT, precision=choice("fp32", "bf16", "fp16", "auto"))
 @dataclasses.dataclass

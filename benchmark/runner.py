@@ -8,6 +8,7 @@ writes ``record.json`` atomically.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import traceback
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from . import env
 from .build import build_method
 from .checks import SEED, check_ranges
-from .config import RunConfig, apply_overrides, split_overrides
+from .config import NotApplicableError, RunConfig, apply_overrides, split_overrides
 from .data import DatasetSpec
 from .method import DFKDMethod
 from .models import check_model_fits
@@ -60,6 +61,15 @@ class ResolvedCell:
     method_cfg: Any
 
 
+@functools.lru_cache(maxsize=64)
+def teacher_structure(arch: str, dataset: str) -> torch.nn.Module:
+    """The teacher's architecture on the meta device: its layers without weights or compute, for the
+    compatibility checks that must run before any teacher is trained or loaded."""
+    spec: DatasetSpec = DATASETS.get(dataset)
+    with torch.device("meta"):
+        return create_model(arch, spec.num_classes, spec.image_shape)
+
+
 def resolve_cell(cell: Cell) -> ResolvedCell:
     """Check every name and value of a cell and build its configs; raises ``ConfigError``/``KeyError``."""
     method_cls = METHODS.get(cell.method)
@@ -67,6 +77,17 @@ def resolve_cell(cell: Cell) -> ResolvedCell:
     SEED.check("seed", cell.seed)
     check_model_fits(cell.teacher, spec.image_shape)
     check_model_fits(cell.student, spec.image_shape)
+    try:
+        method_cls.check_compatible(teacher_structure(cell.teacher, spec.name), spec)
+    except NotApplicableError as exc:
+        hint = ""
+        if cell.teacher != spec.default_teacher:
+            try:
+                method_cls.check_compatible(teacher_structure(spec.default_teacher, spec.name), spec)
+                hint = f"; {cell.dataset}'s default pair {spec.default_teacher} -> {spec.default_student} fits"
+            except NotApplicableError:
+                pass
+        raise NotApplicableError(f"{exc} (teacher {cell.teacher!r} on {cell.dataset}){hint}") from None
     preset = method_cls.budget_overrides(cell.budget, cell.dataset, cell.teacher, cell.student)
     overrides = {**preset, **dict(cell.overrides)}
     run_over, method_over = split_overrides(overrides, method_cls.Config)
