@@ -22,6 +22,7 @@ ADAPTERS: dict[str, str] = {
     "dfad": "datafree_generative",
     "zskt": "datafree_generative",
     "dfq": "datafree_generative",
+    "deepinv": "deepinv",
 }
 
 
