@@ -214,3 +214,29 @@ def test_matches_released_code(method, tmp_path):
     assert result["problem"]["steps"] == 5 and result["terms"] and result["params"]
     assert all(t["rel"] <= 1e-4 or t["abs"] <= 1e-9 for t in result["terms"].values())
     assert adapter(method).REPO.split("/")[1] in result["reference"]["repo"]
+
+
+def test_cmi_kornia_views_option_runs():
+    """The compatibility option that the cmi parity needs: both views through kornia, as released."""
+    pytest.importorskip("kornia")
+    from benchmark.config import apply_overrides
+    from benchmark.data import get_dataset
+    from benchmark.method import MethodContext
+    from benchmark.models import create_model
+    from benchmark.registry import METHODS
+    import methods  # noqa: F401
+
+    spec = get_dataset("digits")
+    torch.manual_seed(0)
+    teacher = create_model("cnn_narrow", 10, spec.image_shape).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    ctx = MethodContext(teacher=teacher, student=create_model("cnn_narrow", 10, spec.image_shape), dataset=spec,
+                        device=torch.device("cpu"), iterations=1)
+    cls = METHODS.get("cmi")
+    cfg = apply_overrides(cls.Config(), {"batch_size": 8, "g_steps": 2, "kd_steps": 1, "ngf": 8, "bank_size": 64,
+                                         "n_neg": 8, "kornia_augment": True})
+    method = cls(ctx, cfg)
+    logs = method.train_iteration(0)
+    assert {"g_bn", "g_oh", "g_adv", "g_cr", "s_kd"} <= set(logs) and len(method.pool) == 8
+    assert all(torch.isfinite(v) for v in logs.values())

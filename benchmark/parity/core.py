@@ -183,7 +183,7 @@ def upcast_only_float() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------------
 # random draws: record on our side, replay on the reference side
 # ---------------------------------------------------------------------------------------------------------
-DRAW_FUNCTIONS = ("randn", "rand", "randint", "randperm", "randn_like", "rand_like", "randint_like")
+DRAW_FUNCTIONS = ("randn", "rand", "randint", "randperm", "randn_like", "rand_like", "randint_like", "bernoulli")
 
 
 class Tape:

@@ -72,6 +72,11 @@ def markdown(results: list[Result], defaults: dict[str, Result], args: argparse.
                           + ".")
         for text in explanations.get(r.method, []):
             lines.append(f"- {text}")
+    from . import NOT_COMPARED
+    missing = {k: v for k, v in NOT_COMPARED.items() if k not in {r.method for r in results}}
+    if missing:
+        lines += ["", "## Not compared yet", ""]
+        lines += [f"- `{k}`: {v}" for k, v in missing.items()]
     return "\n".join(lines) + "\n"
 
 
