@@ -63,21 +63,27 @@ def command(args: argparse.Namespace) -> int:
     results: list[Result] = []
     defaults: dict[str, Result] = {}
     explanations: dict[str, list[str]] = {}
+    default_errors: dict[str, str] = {}
     failed = 0
     for name in names:
         mod = adapter(name)
         try:
             result = run(mod, _problem(args, name, teacher, student, not args.no_compat), args.reference)
-            # for the report: what our defaults change, where a compatibility option exists
-            if args.markdown and not args.no_compat and getattr(mod, "COMPAT", {}).get(name):
-                defaults[name] = run(mod, _problem(args, name, teacher, student, False), args.reference)
         except ParityError as exc:
             print(f"{name}: cannot compare: {exc}", file=sys.stderr)
             failed += 1
             continue
+        # for the report: what our defaults change, where a compatibility option exists
+        if args.markdown and not args.no_compat and getattr(mod, "COMPAT", {}).get(name):
+            try:
+                defaults[name] = run(mod, _problem(args, name, teacher, student, False), args.reference)
+            except ParityError as exc:
+                default_errors[name] = str(exc)
         results.append(result)
         explanations[name] = list(getattr(mod, "DEFAULTS", {}).get(name, []))
         print(table(result), flush=True)
+        if name in default_errors:
+            print(f"with our defaults: cannot compare: {default_errors[name]}")
         if name in defaults:
             print(f"with our defaults: {'equal' if defaults[name].ok else 'different'}"
                   + (f"; terms on one side only: {defaults[name].unmatched}" if defaults[name].unmatched else ""))
@@ -88,5 +94,5 @@ def command(args: argparse.Namespace) -> int:
         write_json(args.json, payload[0] if len(payload) == 1 and args.method != "all" else payload)
     if args.markdown:
         from .report import markdown, write_text
-        write_text(args.markdown, markdown(results, defaults, args, explanations))
+        write_text(args.markdown, markdown(results, defaults, args, explanations, default_errors))
     return 1 if failed else 0

@@ -25,7 +25,7 @@ def _rows(result: Result) -> list[str]:
 
 
 def markdown(results: list[Result], defaults: dict[str, Result], args: argparse.Namespace,
-             explanations: dict[str, list[str]]) -> str:
+             explanations: dict[str, list[str]], default_errors: dict[str, str] | None = None) -> str:
     lines = [
         "# Fidelity: each method against its authors' released code",
         "",
@@ -61,7 +61,9 @@ def markdown(results: list[Result], defaults: dict[str, Result], args: argparse.
             lines += ["", f"Note: {note}"]
         d = defaults.get(r.method)
         lines += ["", "**With our defaults.** "]
-        if d is None:
+        if default_errors and r.method in default_errors:
+            lines[-1] += f"Cannot be compared step by step: {default_errors[r.method]}."
+        elif d is None:
             lines[-1] += "No compatibility option applies: the table above is our default configuration."
         else:
             bad = [k for k, t in d.terms.items() if not Diff(t["abs"], t["rel"]).ok]
