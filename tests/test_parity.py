@@ -240,3 +240,17 @@ def test_cmi_kornia_views_option_runs():
     logs = method.train_iteration(0)
     assert {"g_bn", "g_oh", "g_adv", "g_cr", "s_kd"} <= set(logs) and len(method.pool) == 8
     assert all(torch.isfinite(v) for v in logs.values())
+
+
+def test_markdown_report_lists_terms_groups_and_uncompared_methods(toy_root):
+    import argparse
+
+    from benchmark.parity import NOT_COMPARED
+    from benchmark.parity.report import markdown
+
+    result = run(toy_adapter(), tiny_problem(), toy_root)
+    args = argparse.Namespace(pair="a:b", batch=4, dtype="float64", seed=0)
+    text = markdown([result], {}, args, {"toy": ["why it differs"]})
+    assert "## `toy`" in text and "| loss `mse` (5 steps) |" in text and "| parameters `model.weight` after K |" in text
+    assert "`0123abc`" in text and "- why it differs" in text
+    assert "## Not compared yet" in text and all(f"- `{m}`" in text for m in NOT_COMPARED)
