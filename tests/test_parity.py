@@ -254,3 +254,16 @@ def test_markdown_report_lists_terms_groups_and_uncompared_methods(toy_root):
     assert "## `toy`" in text and "| loss `mse` (5 steps) |" in text and "| parameters `model.weight` after K |" in text
     assert "`0123abc`" in text and "- why it differs" in text
     assert "## Not compared yet" in text and all(f"- `{m}`" in text for m in NOT_COMPARED)
+
+
+def test_report_from_json_files(toy_root, tmp_path):
+    from benchmark.parity.core import write_json
+
+    result = run(toy_adapter(), tiny_problem(), toy_root)
+    path = tmp_path / "toy.json"
+    write_json(path, [result.to_dict() | {"defaults": None, "default_error": "draws differ", "explanations": ["x"]}])
+    md = tmp_path / "fidelity.md"
+    assert main(["parity", "--from-json", str(path), "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert "## `toy`" in text and "Cannot be compared step by step: draws differ" in text
+    assert main(["parity", "--from-json", str(tmp_path / "missing.json"), "--markdown", str(md)]) == 2

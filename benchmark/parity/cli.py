@@ -17,7 +17,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("method", help=f"a method with a parity adapter ({', '.join(ADAPTERS)}), a comma-separated "
+    p.add_argument("method", nargs="?", default="all", help=f"a method with a parity adapter ({', '.join(ADAPTERS)}), a comma-separated "
                                   "list of them, or 'all'")
     p.add_argument("--reference", type=Path, default=None,
                    help="a checkout of the authors' code, or a folder holding checkouts named NAME or OWNER+NAME "
