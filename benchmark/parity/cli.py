@@ -87,7 +87,8 @@ def from_json(args: argparse.Namespace) -> int:
                 defaults[r.method] = Result(**{k: v for k, v in extra["defaults"].items()})
             if extra["default_error"]:
                 errors[r.method] = extra["default_error"]
-            explanations[r.method] = extra["explanations"] or []
+            explanations[r.method] = extra["explanations"] or (
+                list(getattr(adapter(r.method), "DEFAULTS", {}).get(r.method, [])) if r.method in ADAPTERS else [])
     order = {m: i for i, m in enumerate(ADAPTERS)}
     results.sort(key=lambda r: order.get(r.method, len(order)))
     p = results[0].problem if results else {}
