@@ -54,12 +54,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.checks import BETA, COUNT, NONNEG, POSITIVE, POS_COUNT, ranges
 from benchmark.config import ConfigError
 from benchmark.method import DFKDMethod
 
 from ._common import no_param_grad, register_method, warmup_cosine
 
 
+@ranges(batch_size=POS_COUNT, replay_divisor=POS_COUNT, nz=POS_COUNT, ngf=POS_COUNT, g_steps=COUNT, s_steps=POS_COUNT,
+        mem_steps=COUNT, lr_g=POSITIVE, vae_lr_divisor=POSITIVE, lr_s=POSITIVE, momentum=BETA, weight_decay=NONNEG,
+        oh=NONNEG, ie=NONNEG, a=NONNEG, adv=NONNEG, kld=NONNEG)
 @dataclass
 class PREDFKDConfig:
     """Defaults: the released ``main.py`` (CIFAR-100, resnet34 -> resnet18)."""
