@@ -62,7 +62,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.checks import FINITE, FRACTION, NONNEG, POS_COUNT, POSITIVE, choice, ranges
+from benchmark.checks import FINITE, FRACTION, NONNEG, POSITIVE, POS_COUNT, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics, entropy_of_mean, kd_kl
 
@@ -73,7 +73,7 @@ from ._generative import GenerativeBaseline, GenerativeConfig
 
 @ranges(lmda_ent=FINITE, oh=NONNEG, bn=NONNEG, adv=NONNEG, adv_step=FINITE, adv_begin=FRACTION, adv_end=FRACTION,
         adv_T=POSITIVE, epoch_iterations=POS_COUNT, T=POSITIVE, loss=choice("l1", "kl"),
-        curriculum=choice(*CURRICULA), lambda_0=NONNEG, lambda_growth=NONNEG)
+        curriculum=choice(*CURRICULA), lambda_0=FINITE, lambda_growth=NONNEG)
 @dataclass
 class CuDFKDConfig(GenerativeConfig):
     """Defaults: ``scripts/cudfkd/cudfkd_cifar10_resnet34_resnet18.sh`` and ``ProbSynthesizer``."""

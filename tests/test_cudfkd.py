@@ -221,7 +221,8 @@ def test_paper_presets_follow_the_scripts():
     r = resolve_cell(Cell("cudfkd", "cifar10", "resnet34", "resnet18", budget="paper"))
     assert r.run_cfg.iterations == 250 * 40 and r.method_cfg.batch_size == 512 and r.method_cfg.loss == "l1"
     r = resolve_cell(Cell("cudfkd", "cifar10", "wrn40_2", "wrn16_1", budget="paper"))
-    assert (r.method_cfg.batch_size, r.method_cfg.loss, r.method_cfg.adv, r.method_cfg.adv_step) == (1024, "kl", 0.5, 0.05)
+    c = r.method_cfg
+    assert (c.batch_size, c.loss, c.adv, c.adv_step) == (1024, "kl", 0.5, 0.05)
     r = resolve_cell(Cell("cudfkd", "cifar100", "resnet34", "resnet18", budget="paper"))
     assert r.run_cfg.iterations == 400 * 40 and r.method_cfg.lambda_growth == 2e-5 and r.method_cfg.T == 5
     r = resolve_cell(Cell("cudfkd", "cifar100", "wrn40_2", "wrn40_1", budget="paper"))

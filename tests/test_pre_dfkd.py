@@ -1,0 +1,198 @@
+"""Method-specific tests of PRE-DFKD (methods/pre_dfkd.py): generators, the VAE memory and its replay."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn as nn
+
+import methods  # noqa: F401
+from benchmark.config import ConfigError
+from benchmark.data import get_dataset
+from benchmark.method import MethodContext
+from benchmark.models import create_model
+from benchmark.registry import METHODS
+from grad_flags import nonzero_grads
+from methods.pre_dfkd import PREEncoder, PREGenerator, adam_first_step, info_entropy10, js_agreement
+
+SPEC = get_dataset("digits")
+SMALL = {"batch_size": 16, "replay_divisor": 8, "nz": 12, "ngf": 8, "s_steps": 3, "mem_steps": 2}
+
+
+def _teacher() -> torch.nn.Module:
+    torch.manual_seed(0)
+    t = create_model("cnn_wide", 10, SPEC.image_shape)
+    with torch.no_grad():
+        for m in t.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return t.eval().requires_grad_(False)
+
+
+def _method(iterations: int = 10, **overrides):
+    cfg = dataclasses.replace(METHODS.get("pre-dfkd").Config(), **{**SMALL, **overrides})
+    cfg.validate()
+    torch.manual_seed(1)
+    ctx = MethodContext(teacher=_teacher(), student=create_model("cnn_narrow", 10, SPEC.image_shape),
+                        dataset=SPEC, device=torch.device("cpu"), iterations=iterations)
+    return METHODS.get("pre-dfkd")(ctx, cfg)
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(module: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(v, before[k]) for k, v in module.state_dict().items())
+
+
+def test_defaults_and_paper_budgets_follow_main_py():
+    cls = METHODS.get("pre-dfkd")
+    c = cls.Config()
+    assert (c.batch_size, c.nz, c.g_steps, c.s_steps, c.mem_steps, c.replay_divisor) == (1024, 1000, 1, 10, 4, 8)
+    assert (c.lr_g, c.vae_lr_divisor, c.lr_s, c.momentum, c.weight_decay) == (0.02, 40.0, 0.1, 0.9, 5e-4)
+    assert (c.oh, c.ie, c.a, c.adv, c.kld) == (1.0, 5.0, 0.1, 1.0, 1e-5)
+    for ds in ("cifar10", "cifar100"):
+        p = cls.budget_overrides("paper", ds, "resnet34", "resnet18")
+        assert p["iterations"] == 400 * 36 and p["batch_size"] == 1024
+    with pytest.raises(ConfigError):
+        dataclasses.replace(c, batch_size=8, replay_divisor=8).validate()      # a replay batch of 1
+
+
+def test_generators_standardise_their_output_and_only_the_novel_one_is_spectral():
+    novel = PREGenerator(SPEC.image_shape, 12, 8, spectral=True)
+    memory = PREGenerator(SPEC.image_shape, 12, 8, spectral=False)
+    assert hasattr(novel.block1[0], "weight_orig") and not hasattr(memory.block1[0], "weight_orig")
+    assert float(memory.l1.weight.detach().abs().max()) <= 0.08 and float(memory.l1.bias.detach().abs().max()) == 0
+    x = memory.train()(torch.randn(64, 12)).detach()
+    assert x.shape == (64, *SPEC.image_shape)
+    torch.testing.assert_close(x.mean((0, 2, 3)), torch.zeros(1), atol=1e-4, rtol=0)     # affine-free output BN
+    torch.testing.assert_close(x.var((0, 2, 3), unbiased=False), torch.ones(1), atol=0.02, rtol=0)  # BN eps
+    z, mu, log_var = PREEncoder(SPEC.image_shape, 12, 8)(x)
+    assert z.shape == mu.shape == log_var.shape == (64, 12)
+
+
+def test_js_agreement_is_the_released_formula():
+    s, t = torch.randn(6, 10) * 3, torch.randn(6, 10) * 3
+    p, q = torch.softmax(t / 3, 1), torch.softmax(s / 3, 1)
+    m = (0.5 * (p + q)).clamp(0.01, 0.99)
+    kl = nn.KLDivLoss()                                      # the released reduction: mean over all elements
+    js = 0.5 * kl(p.clamp(0.01, 0.99).log(), m) + 0.5 * kl(q.clamp(0.01, 0.99).log(), m)
+    torch.testing.assert_close(js_agreement(s, t), 1 - js.clamp(0, 1))
+    assert float(js_agreement(t, t)) == pytest.approx(1.0, abs=1e-6)     # full agreement costs most
+    p = torch.softmax(t, 1).mean(0)
+    torch.testing.assert_close(info_entropy10(t), (p * torch.log10(p)).sum())
+
+
+def test_adam_first_step_is_a_fresh_adam_step():
+    z = torch.randn(5, 7, requires_grad=True)
+    loss = (z ** 3).sum() + z.var(0).sum()
+    (g,) = torch.autograd.grad(loss, [z])
+    opt = torch.optim.Adam([z], lr=0.02)
+    z.grad = g.clone()
+    expected = adam_first_step(z.detach().clone(), g, 0.02)
+    opt.step()
+    torch.testing.assert_close(z.detach(), expected)
+
+
+def test_generator_step_terms_reach_the_generator_and_train_only_it():
+    m = _method()
+    captured = {}
+    orig = m.optimize
+
+    def spy(opt, loss):
+        captured["flags"] = nonzero_grads(loss, m.generator.parameters())
+        return orig(opt, loss)
+
+    m.optimize = spy
+    s_before, mem_before = _snapshot(m.student), _snapshot(m.memory)
+    g_before = [p.detach().clone() for p in m.generator.parameters()]
+    logs = m.generator_step()
+    assert {"g_oh", "g_ie", "g_act", "g_adv"} <= set(logs)
+    assert all(captured["flags"])
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, m.generator.parameters()))
+    assert all(p.grad is None for p in m.student.parameters()) and all(p.grad is None for p in m.teacher.parameters())
+    assert not _changed(m.memory, mem_before)
+    # the student's weights do not move (its BN statistics do: it runs in train mode, as released)
+    assert all(torch.equal(p, s_before[k]) for k, p in m.student.named_parameters())
+
+
+@pytest.mark.parametrize("term", ["oh", "ie", "a", "adv"])
+def test_each_generator_term_alone_sends_gradient_to_the_generator(term):
+    m = _method(**{k: (1.0 if k == term else 0.0) for k in ("oh", "ie", "a", "adv")})
+    m.generator.train()
+    z = torch.randn(16, m.cfg.nz)
+    x = m.generator(z)
+    t_logits, t_feat = m.teacher(x, return_features=True)
+    if term == "oh":
+        loss = torch.nn.functional.cross_entropy(t_logits, t_logits.argmax(1))
+    elif term == "ie":
+        loss = info_entropy10(t_logits)
+    elif term == "a":
+        loss = -t_feat.abs().mean()
+    else:
+        loss = js_agreement(m.student(x), t_logits.detach())
+    assert any(nonzero_grads(loss, m.generator.parameters())), term
+    before = [p.detach().clone() for p in m.generator.parameters()]
+    m.generator_step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.generator.parameters()))
+
+
+def test_student_sees_novel_plus_replayed_memory_samples():
+    m = _method()
+    sizes, memory_modes = [], []
+    h1 = m.student.register_forward_hook(lambda mod, inp, out: sizes.append(inp[0].shape[0]))
+    h2 = m.memory.register_forward_hook(lambda mod, inp, out: memory_modes.append(mod.training))
+    novel = m.generator(torch.randn(16, m.cfg.nz)).detach()
+    mem_before, g_before = _snapshot(m.memory), _snapshot(m.generator)
+    m.student_step(novel)
+    h1.remove(), h2.remove()
+    assert sizes == [16 + 16 // 8]                     # the replay batch is batch_size // 8
+    assert memory_modes == [False, False]              # latent step + rendering, memory in eval mode
+    assert not _changed(m.memory, mem_before) and not _changed(m.generator, g_before)
+    assert all(p.grad is None for p in m.memory.parameters())
+    torch.manual_seed(3)
+    z, latent_loss = m.replay_latents(2)
+    assert z.shape == (2, m.cfg.nz) and latent_loss.requires_grad
+    torch.manual_seed(3)
+    z_init = torch.randn(2, m.cfg.nz)
+    torch.testing.assert_close((z - z_init).abs(), torch.full_like(z, m.cfg.lr_g), atol=1e-6, rtol=0)   # one sign step
+    plain = _method(replay=False)
+    sizes = []
+    plain.student.register_forward_hook(lambda mod, inp, out: sizes.append(inp[0].shape[0]))
+    plain.student_step(novel)
+    assert sizes == [16]
+
+
+def test_vae_step_trains_memory_and_encoder_only_and_replays_after_the_first_iteration():
+    m = _method()
+    novel = m.generator(torch.randn(16, m.cfg.nz)).detach()
+    targets = []
+    h = m.encoder.register_forward_hook(lambda mod, inp, out: targets.append(inp[0].shape[0]))
+    before = {n: _snapshot(getattr(m, n)) for n in ("memory", "encoder", "student", "generator")}
+    logs = m.vae_step(novel, first=True)
+    assert set(logs) == {"vae_rec", "vae_kld"} and targets == [8]          # auto-encodes the novel half
+    logs = m.vae_step(novel, first=False)
+    assert set(logs) == {"vae_latent", "vae_rec", "vae_kld"} and targets == [8, 8 + 2]
+    h.remove()
+    assert _changed(m.memory, before["memory"]) and _changed(m.encoder, before["encoder"])
+    assert not _changed(m.student, before["student"]) and not _changed(m.generator, before["generator"])
+    # the replay latent loss reaches the memory generator (released: its backward leaves the gradient there)
+    torch.manual_seed(0)
+    _, latent = m.replay_latents(2)
+    assert any(nonzero_grads(latent, m.memory.parameters()))
+    assert not any(nonzero_grads(latent, m.encoder.parameters()))
+
+
+def test_one_iteration_counts_its_work():
+    m = _method()
+    logs = m.train_iteration(0)
+    assert {"g_total", "s_l1", "vae_rec", "vae_kld"} <= set(logs) and "vae_latent" not in logs
+    # generator 16; 3 x (novel 16 + replay latents 2 + replay 2); 2 VAE steps x reconstruction 8
+    assert m.counters["synthetic_images"] == 16 + 3 * 20 + 2 * 8
+    # generator 16; 3 x (replay latents 2 + student batch 18); 2 VAE steps x (target 8 + reconstruction 8)
+    assert m.counters["teacher_forwards"] == 16 + 3 * 20 + 2 * 16
+    assert m.counters["student_steps"] == 3
+    assert "vae_latent" in m.train_iteration(1)
