@@ -12,8 +12,8 @@ from pathlib import Path
 from . import launch as launch_mod
 from .config import ConfigError
 from .data import DataError
-from .records import Cell
-from .registry import DATASETS, METHODS, MODELS, UnknownNameError
+from .records import Cell, OutputLayout
+from .registry import DATASETS, METHODS, MODELS, UnknownNameError, load_plugins
 from .runner import RunOptions, resolve_cell
 from .tables import SpecError
 from .tables.expand import parse_sweeps, sweep_combinations
@@ -34,7 +34,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _load_plugins() -> None:
-    import methods  # noqa: F401  (registers every method)
+    load_plugins()
 
 
 def _seeds(text: str) -> list[int]:
@@ -191,7 +191,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     check_model_fits(arch, spec.image_shape)
     device = resolve_device(args.device)
     spec.load("train", args.data_root, args.download)
-    cache = Path(args.teacher_cache) if args.teacher_cache else Path(args.out) / "teachers"
+    cache = Path(args.teacher_cache) if args.teacher_cache else OutputLayout(args.out).teachers
     _, info = get_teacher(spec, arch, args.seed, device, cache, args.data_root, args.download,
                           progress=not args.no_progress)
     print(f"teacher {spec.name}/{arch} seed {args.seed}: {info['test_acc']:.2f}% top-1 "
@@ -253,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("report", help="tables and figures from the records under OUT")
         report.add_arguments(p)
         p.set_defaults(func=report.command)
+
+    from .parity import cli as parity_cli
+
+    p = sub.add_parser("parity", help="compare a method with its authors' released code, step by step")
+    parity_cli.add_arguments(p)
+    p.set_defaults(func=parity_cli.command)
 
     try:
         from . import status

@@ -30,13 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .records import RECORD_NAME, Cell, iter_records, read_record
+from .records import Cell, OutputLayout, iter_records, read_record
 
 STATES = ("done", "running", "pending", "failed", "missing")
-GRID_NAME = "grid.json"
-LAUNCH_DIR = ".launch"
-SUBMISSIONS = Path(LAUNCH_DIR) / "submissions.jsonl"
-JOB_INFO_NAME = "job.json"
 
 # SLURM job states (squeue / sacct long names) -> our view of a job
 _SLURM_LIVE_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD",
@@ -65,7 +61,7 @@ class CellStatus:
 # ---- reading the output folder ----------------------------------------------------------------------------
 
 def load_grid(out: Path) -> dict[str, dict]:
-    path = Path(out) / GRID_NAME
+    path = OutputLayout(out).grid
     if not path.is_file():
         return {}
     try:
@@ -76,7 +72,7 @@ def load_grid(out: Path) -> dict[str, dict]:
 
 def load_submissions(out: Path) -> dict[str, dict]:
     """The latest submission of each cell: ``cell_id -> {launcher, job_id, stdout, stderr, submitted_at}``."""
-    path = Path(out) / SUBMISSIONS
+    path = OutputLayout(out).submissions
     latest: dict[str, dict] = {}
     if not path.is_file():
         return latest
@@ -206,6 +202,7 @@ def collect(out: Path, cells: Iterable[Cell] | None = None, include_grid: bool =
             query_scheduler: bool = True) -> list[CellStatus]:
     """The state of every cell of ``cells`` (default: the grid plus every record under ``out``)."""
     out = Path(out)
+    layout = OutputLayout(out)
     wanted: dict[str, dict] = {}
     if include_grid:
         wanted.update(load_grid(out))
@@ -215,15 +212,13 @@ def collect(out: Path, cells: Iterable[Cell] | None = None, include_grid: bool =
     records: dict[str, tuple[Path, dict | None, str | None]] = {}
     if cells is None:
         for path, rec, err in iter_records(out):
-            if LAUNCH_DIR in path.relative_to(out).parts:
-                continue        # code snapshots
             cell_id = (rec or {}).get("cell_id") or path.parent.name
             records[cell_id] = (path, rec, err)
             if rec is not None:
                 wanted.setdefault(cell_id, {k: rec.get(k) for k in ("method", "dataset", "seed")})
     for cell_id in wanted:
         if cell_id not in records:
-            path = out / cell_id / RECORD_NAME
+            path = layout.record(cell_id)
             if path.is_file():
                 try:
                     records[cell_id] = (path, read_record(path), None)
@@ -231,7 +226,7 @@ def collect(out: Path, cells: Iterable[Cell] | None = None, include_grid: bool =
                     records[cell_id] = (path, None, str(exc))
 
     submissions = load_submissions(out)
-    job_infos = {cid: _read_json(out / cid / JOB_INFO_NAME) for cid in wanted}
+    job_infos = {cid: _read_json(layout.job_info(cid)) for cid in wanted}
 
     def settled(cid: str) -> bool:
         """Done, and not older than the cell's latest submission (which ``--force`` makes over a done cell)."""
