@@ -164,7 +164,7 @@ class Expansion:
 
 def table_columns(spec: TableSpec) -> list[Column]:
     from ..registry import DATASETS, MODELS
-    from ..launch import PAIR_PRESETS
+    from ..launch.grid import PAIR_PRESETS
 
     cols = []
     for name in spec.datasets:
