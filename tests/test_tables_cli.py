@@ -119,3 +119,9 @@ def test_table_run_fills_the_cells_and_skips_them_on_a_rerun(tmp_path, capsys, t
         for o in ({}, {"adv": "0.0"}, {"alpha": "0.0"}, {"beta": "0.0"}, {"gamma": "0.0"}, {"eta": "0.0"}))
     code, text, err = run_main(args, capsys)
     assert code == 0 and text.count("(skipped)") == 6
+    # the report finds them at the budget they ran at, every row with n = 1
+    code, text, err = run_main(["report", out, "--table", "cpsc-ablation", "--budget", "smoke"], capsys)
+    assert code == 0, err
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| 1 |" in line]
+    assert len(rows) == 6, text
+    assert "--set batch_size=16 eval_every=1 iterations=2 quality_samples=0" in text

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"alone, in its layout) (default: all)")
     parser.add_argument("--metric", choices=list(METRICS), default="final",
                         help="final: accuracy at the last iteration (default); best: best accuracy during training")
+    parser.add_argument("--budget", default=None, choices=["smoke", "default", "paper"],
+                        help="with a paper table: the budget its cells ran at (default: the table's)")
     parser.add_argument("--report-dir", default=None, metavar="DIR", help="where to write the report (default: OUT/report)")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
 

@@ -179,7 +179,10 @@ def _mixed_notes(frame: pd.DataFrame, rows: list[Row]) -> list[str]:
     out = []
     for row in rows:
         sub = frame[(frame["label"] == row.label) & (frame["status"] == "done")]
-        for field, what in (("device", "devices"), ("git_commit", "code commits")):
+        for field, what in (("device", "devices"), ("device_name", "device models"), ("precision", "precisions"),
+                            ("git_commit", "code commits")):
+            if field not in sub:
+                continue
             values = _variety(sub, field)
             if len(values) > 1:
                 shown = ", ".join(v[:12] for v in values)
@@ -258,13 +261,14 @@ def _cost_table(acc: AccuracyTable, frame: pd.DataFrame, rows: list[Row], column
 
 
 def table_report(name: str, outs: list[str | Path], metric: str | None = None,
-                 published: Published | None = None) -> tuple[Table, list[str]]:
-    """Load the records under ``outs`` and build the table ``name``; raises ``ReportError`` on bad input."""
+                 published: Published | None = None, budget: str | None = None) -> tuple[Table, list[str]]:
+    """Load the records under ``outs`` and build the table ``name`` (at ``budget``, default the spec's);
+    raises ``ReportError`` on bad input."""
     spec: TableSpec = load_spec(name)
     df, problems = load_records(outs)
     if df.empty:
         raise ReportError(f"no records under {', '.join(map(str, outs))}")
-    exp = expand(spec)
+    exp = expand(spec, budget=budget)
     table, more = build(exp, df, metric or spec.metric, published)
     return table, problems + more
 
@@ -277,7 +281,7 @@ def command(args: argparse.Namespace) -> int:
 
     metric = "best" if getattr(args, "metric", None) == "best" else None
     try:
-        table, problems = table_report(args.table, args.outs, metric)
+        table, problems = table_report(args.table, args.outs, metric, budget=getattr(args, "budget", None))
     except (ReportError, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
