@@ -218,10 +218,10 @@ def expand(spec: TableSpec, seeds: Iterable[int] | None = None, sets: list[str] 
     """The cells of ``spec``: its rows (filtered by ``methods``, multiplied by the ``--set`` sweeps) x its
     columns x ``seeds`` (default: the spec's). Unknown names and bad values raise; a missing budget is kept
     as the cell's ``problem``."""
-    from ..registry import METHODS
+    from ..registry import METHODS, load_plugins
     from ..runner import resolve_cell
 
-    import methods as _plugins  # noqa: F401  (registers every method)
+    load_plugins()
 
     seeds = list(dict.fromkeys(seeds)) if seeds is not None else list(spec.seeds)
     budget = budget or spec.budget
