@@ -182,3 +182,16 @@ def test_fixture_published_csv_is_a_subset_of_the_project_csv():
         assert [(f.top1, f.hours) for f in figs] == [(f.top1, f.hours) for f in ours.figures[key]][:len(figs)]
     assert json.dumps(sorted(fixture.figures, key=str))   # not empty
     assert len(fixture) > 0
+
+
+def test_report_on_other_columns_and_budget(tmp_path, capsys):
+    out = tmp_path / "out"
+    atomic_write_json(out / "a" / "record.json", {
+        "method": "cpsc-dfkd", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18", "budget": "paper",
+        "seed": 0, "overrides": {"beta": "0"}, "status": "done", "final_acc": 91.5, "best_acc": 92.0,
+        "cell_id": "a", "env": {"device": "cuda"}, "curve": []})
+    code = main(["report", str(out), "--table", "cpsc-ablation", "--datasets", "cifar10", "--budget", "paper"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert _md_row(text, "w/o BN")[1:] == ["1", "**91.50**"] and _md_row(text, "all terms")[1:] == ["—", "—"]
+    assert "cifar10 resnet34→resnet18" in text

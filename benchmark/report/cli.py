@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="final: accuracy at the last iteration (default); best: best accuracy during training")
     parser.add_argument("--budget", default=None, choices=["smoke", "default", "paper"],
                         help="with a paper table: the budget its cells ran at (default: the table's)")
+    parser.add_argument("--datasets", default=None, metavar="A,B",
+                        help="with a paper table: the datasets it ran on, if not its own (run --table ... --datasets)")
+    parser.add_argument("--pairs", default=None, metavar="T:S,...|default|standard",
+                        help="with a paper table: the teacher:student pairs it ran with, if not its own")
     parser.add_argument("--report-dir", default=None, metavar="DIR", help="where to write the report (default: OUT/report)")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
 

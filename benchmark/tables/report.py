@@ -261,14 +261,15 @@ def _cost_table(acc: AccuracyTable, frame: pd.DataFrame, rows: list[Row], column
 
 
 def table_report(name: str, outs: list[str | Path], metric: str | None = None,
-                 published: Published | None = None, budget: str | None = None) -> tuple[Table, list[str]]:
+                 published: Published | None = None, budget: str | None = None, datasets: list[str] | None = None,
+                 pairs: str | None = None) -> tuple[Table, list[str]]:
     """Load the records under ``outs`` and build the table ``name`` (at ``budget``, default the spec's);
     raises ``ReportError`` on bad input."""
     spec: TableSpec = load_spec(name)
     df, problems = load_records(outs)
     if df.empty:
         raise ReportError(f"no records under {', '.join(map(str, outs))}")
-    exp = expand(spec, budget=budget)
+    exp = expand(spec, budget=budget, datasets=datasets, pairs=pairs)
     table, more = build(exp, df, metric or spec.metric, published)
     return table, problems + more
 
@@ -281,7 +282,10 @@ def command(args: argparse.Namespace) -> int:
 
     metric = "best" if getattr(args, "metric", None) == "best" else None
     try:
-        table, problems = table_report(args.table, args.outs, metric, budget=getattr(args, "budget", None))
+        datasets = getattr(args, "datasets", None)
+        table, problems = table_report(args.table, args.outs, metric, budget=getattr(args, "budget", None),
+                                       datasets=[d.strip() for d in datasets.split(",") if d.strip()] if datasets
+                                       else None, pairs=getattr(args, "pairs", None))
     except (ReportError, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

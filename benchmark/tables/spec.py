@@ -186,6 +186,14 @@ def _rows(data: dict, name: str) -> tuple[RowSpec, ...]:
     return tuple(rows)
 
 
+def parse_pairs(text: str, where: str) -> str | tuple[tuple[str, str], ...]:
+    """``--pairs`` text (``default``, ``standard`` or ``t:s,t:s``) as a spec's ``pairs``."""
+    text = text.strip()
+    if text in PAIR_PRESETS_NAMES:
+        return text
+    return _pairs([p for p in text.split(",") if p.strip()], where)
+
+
 def _pairs(value: Any, name: str) -> str | tuple[tuple[str, str], ...]:
     if isinstance(value, str):
         if value in PAIR_PRESETS_NAMES:
