@@ -121,6 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--launcher", choices=LAUNCHERS, default="inline",
                    help="inline: one after another in this process (default); local: parallel subprocesses "
                         "(submitit LocalExecutor); slurm: SLURM job arrays, one task per cell")
+    g.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="inline launcher: run the cells in N worker processes on this machine (auto: one per core, "
+                        "cores // N torch threads each; 1: one after another in this process)")
     g.add_argument("--array-parallelism", type=int, default=None, metavar="N",
                    help="at most N cells run at once (slurm: the array's %%N; local: N worker processes)")
     g.add_argument("--wait", action="store_true", help="block until every submitted cell has ended, showing progress")
@@ -605,11 +608,15 @@ def launch(cells: list[Cell], options: RunOptions, args: argparse.Namespace) -> 
     dry_run, wait = getattr(args, "dry_run", False), getattr(args, "wait", False)
     force = getattr(args, "force", False)
     if launcher == "inline":
+        from .parallel import resolve_jobs, run_inline
+
+        jobs = getattr(args, "jobs", "auto")
+        resolve_jobs(jobs, len(cells))          # a bad --jobs fails before anything is written
         if dry_run:
             print_plan(plan_cells(cells, options, force, check_jobs=False), launcher, None, [], options.out)
             return []
         update_grid(options.out, cells)
-        return [run_cell(cell, options) for cell in cells]
+        return run_inline(cells, options, jobs, history=_reference_records())
 
     resources = resolve_resources(args)
     options = _absolute_options(options)
@@ -656,6 +663,13 @@ def launch(cells: list[Cell], options: RunOptions, args: argparse.Namespace) -> 
                 time.sleep(0.2)
         return records
     return []
+
+
+def _reference_records() -> list[Path]:
+    """Folders of committed records whose times order the inline launcher's cells (longest first)."""
+    from .env import REPO_ROOT
+
+    return [p for p in (REPO_ROOT / "results" / "reference",) if p.is_dir()]
 
 
 def _executor(cluster: str, log_dir: Path, resources: Resources, name: str):
@@ -773,8 +787,15 @@ def _wait(cells: list[Cell], options: RunOptions, skipped: Iterable[Cell] = (), 
     Returns the cells' records (``skipped`` ones marked so, as the inline launcher does)."""
     from . import status as status_mod
 
+    from .progress import GridProgress
+
     poll_s = poll_s if poll_s is not None else float(os.environ.get("DFKD_WAIT_POLL_S", "3"))
     start, last = time.time(), None
+    skipped_ids = {c.cell_id for c in skipped}
+    by_cell = {c.cell_id: c for c in cells}
+    todo = [c for c in cells if c.cell_id not in skipped_ids]
+    grid = GridProgress(todo, options.out, parallel=len(todo) or 1, skipped=len(cells) - len(todo))
+    ended: set[str] = set(skipped_ids)
     try:
         while True:
             states = status_mod.collect(options.out, cells=cells, include_grid=False)
@@ -783,15 +804,26 @@ def _wait(cells: list[Cell], options: RunOptions, skipped: Iterable[Cell] = (), 
             if line != last:
                 print(f"[{time.time() - start:6.0f} s] {line}", flush=True)
                 last = line
+            grid.parallel = max(1, counts.get("running", 0))
+            for st in states:       # each finished cell's result as it lands
+                cell = by_cell.get(st.cell_id)
+                if cell is None or st.cell_id in ended:
+                    continue
+                if st.state == "running" and st.cell_id not in grid.running:
+                    grid.started(cell)
+                elif st.state in ("done", "failed"):
+                    ended.add(st.cell_id)
+                    rec = existing_record(options.out, cell) or {"status": st.state, "error": st.error}
+                    grid.finished(cell, rec)
             if not any(s.state in ("pending", "running") for s in states):
                 break
+            grid.heartbeat()
             time.sleep(poll_s)
     except KeyboardInterrupt:
         print(f"stopped waiting; the jobs go on (python -m benchmark status {options.out})", file=sys.stderr)
         raise
     records = []
     by_id = {s.cell_id: s for s in states}
-    skipped_ids = {c.cell_id for c in skipped}
     for cell in cells:
         rec = existing_record(options.out, cell)
         if rec is not None and cell.cell_id in skipped_ids:

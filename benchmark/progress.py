@@ -150,3 +150,94 @@ def _now() -> str:
     from .env import now
 
     return now()
+
+
+class GridProgress:
+    """The grid-level view of ``run``: cells done / total, which run, elapsed time, an estimate of what remains,
+    and each finished cell's result as it lands (one line per event, so it reads the same in a log file).
+
+    The estimate: each running cell's own ``eta_s`` (its progress file), plus the cells still queued at the
+    mean time of the cells finished so far, shared among ``parallel`` workers. It is an estimate: cells of
+    different methods differ by 10x in cost.
+    """
+
+    def __init__(self, cells: list, out: Path, parallel: int = 1, skipped: int = 0, stream=None):
+        import sys
+
+        self.out = Path(out)
+        self.total = len(cells) + skipped
+        self.done = skipped
+        self.failed = 0
+        self.parallel = max(1, parallel)
+        self.queued = {c.cell_id: c for c in cells}
+        self.running: dict[str, Any] = {}
+        self.durations: list[float] = []
+        self.t0 = time.perf_counter()
+        self.stream = stream if stream is not None else sys.stdout
+        self.last_heartbeat = self.t0
+
+    def _say(self, text: str) -> None:
+        print(f"[{format_seconds(time.perf_counter() - self.t0):>8s}] {text}", file=self.stream, flush=True)
+
+    def started(self, cell) -> None:
+        self.queued.pop(cell.cell_id, None)
+        self.running[cell.cell_id] = (cell, time.perf_counter())
+
+    def remaining_s(self) -> float | None:
+        """The estimate of the time left (``None`` before the first cell has finished and nothing is known)."""
+        mean = sum(self.durations) / len(self.durations) if self.durations else None
+        left = 0.0
+        for cell_id, (_, since) in self.running.items():
+            point = read_progress(self.out / cell_id)
+            eta = point.get("eta_s") if point else None
+            if eta is None:
+                if mean is None:
+                    return None
+                eta = max(0.0, mean - (time.perf_counter() - since))
+            left += eta
+        if self.queued:
+            if mean is None:
+                return None
+            left += mean * len(self.queued)
+        return left / min(self.parallel, max(1, len(self.running) + len(self.queued)))
+
+    def _summary(self) -> str:
+        parts = [f"{self.done}/{self.total} done" + (f" ({self.failed} failed)" if self.failed else "")]
+        if self.running:
+            names = []
+            for cell_id, (cell, _) in self.running.items():
+                point = read_progress(self.out / cell_id)
+                extra = f" it {point['iteration']}/{point['iterations']}" if point else ""
+                names.append(f"{cell.method} s{cell.seed}{extra}")
+            parts.append("running: " + ", ".join(names))
+        left = self.remaining_s()
+        if self.running or self.queued:
+            parts.append("left: " + (f"~{format_seconds(left)} (estimate)" if left is not None else "?"))
+        return " | ".join(parts)
+
+    def finished(self, cell, record: dict[str, Any]) -> None:
+        _, since = self.running.pop(cell.cell_id, (None, time.perf_counter()))
+        self.queued.pop(cell.cell_id, None)
+        self.done += 1
+        status = record.get("status", "?")
+        if status != "done":
+            self.failed += 1
+        elif not record.get("skipped"):
+            self.durations.append(time.perf_counter() - since)
+        if status == "done":
+            acc = record.get("final_acc")
+            result = (f"{acc:.2f} %" if acc is not None else "done") + (
+                f" (best {record['best_acc']:.2f}, {format_seconds(record.get('wall_time_s') or 0)})"
+                if record.get("best_acc") is not None else "")
+            if record.get("skipped"):
+                result += " (already done)"
+        else:
+            result = f"{status}: {record.get('error')}"
+        self._say(f"{cell.method} {cell.dataset} seed {cell.seed}: {result} -- {self._summary()}")
+
+    def heartbeat(self, every_s: float = 60.0) -> None:
+        """A status line at most every ``every_s`` seconds while cells run (for long cells)."""
+        now = time.perf_counter()
+        if now - self.last_heartbeat >= every_s and self.running:
+            self.last_heartbeat = now
+            self._say(self._summary())
