@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 from . import launch as launch_mod
-from .config import ConfigError, parse_assignments
+from .config import ConfigError
 from .data import DataError
-from .records import Cell
-from .registry import DATASETS, METHODS, MODELS, UnknownNameError
+from .records import Cell, OutputLayout
+from .registry import DATASETS, METHODS, MODELS, UnknownNameError, load_plugins
 from .runner import RunOptions, resolve_cell
+from .tables import SpecError
+from .tables.expand import parse_sweeps, sweep_combinations
 
 EXIT_BAD_INPUT = 2
 
@@ -32,7 +34,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _load_plugins() -> None:
-    import methods  # noqa: F401  (registers every method)
+    load_plugins()
 
 
 def _seeds(text: str) -> list[int]:
@@ -56,12 +58,16 @@ def add_cell_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", default=None, metavar="T:S,...|PRESET",
                    help="teacher:student pairs, comma separated (instead of --teacher/--student), or a preset: "
                         "'default' (each dataset's own pair) or 'standard' (the five CMI / Fast-Datafree pairs)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
-    p.add_argument("--budget", default="default", choices=["smoke", "default", "paper"],
+    p.add_argument("--table", default=None, metavar="NAME",
+                   help="run a paper table's cells (python -m benchmark list tables); --seeds, --methods, --set and "
+                        "--budget then refine the table's own")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0, or the table's)")
+    p.add_argument("--budget", default=None, choices=["smoke", "default", "paper"],
                    help="smoke: seconds, for tests; default: the digits benchmark; paper: the authors' recipes")
     p.add_argument("--teacher-ckpt", default=None, help="load this teacher checkpoint instead of training one")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a run or method config value (repeatable), e.g. --set iterations=50")
+                   help="override a run or method config value (repeatable), e.g. --set iterations=50; "
+                        "key=v1,v2,... runs one cell per value (several swept keys: their product)")
 
 
 def add_io_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,6 +83,11 @@ def cells_from_args(args: argparse.Namespace) -> list[Cell]:
     """Expand the command line into cells (datasets x pairs x methods x seeds) and resolve each one
     (raises on any bad input)."""
     _load_plugins()
+    if getattr(args, "table", None):
+        from .tables.cli import table_cells
+
+        return table_cells(args, dry_run=getattr(args, "dry_run", False))
+    budget = args.budget or "default"
     methods = METHODS.select(args.methods, default_all=lambda n: True)
     dataset, datasets = getattr(args, "dataset", None), getattr(args, "datasets", None)
     pairs_arg = getattr(args, "pairs", None)
@@ -88,8 +99,8 @@ def cells_from_args(args: argparse.Namespace) -> list[Cell]:
     specs = [DATASETS.get(name) for name in names]
     if args.teacher_ckpt and not Path(args.teacher_ckpt).is_file():
         raise UsageError(f"--teacher-ckpt {args.teacher_ckpt}: no such file")
-    overrides = tuple(sorted(parse_assignments(args.overrides).items()))
-    seeds = _seeds(args.seeds)
+    combos = [tuple(sorted(c.items())) for c in sweep_combinations(parse_sweeps(args.overrides))]
+    seeds = _seeds(args.seeds or "0")
     cells: list[Cell] = []
     for spec in specs:
         if pairs_arg:
@@ -98,8 +109,8 @@ def cells_from_args(args: argparse.Namespace) -> list[Cell]:
             pairs = [(args.teacher or spec.default_teacher, args.student or spec.default_student)]
         for teacher, student in pairs:
             MODELS.get(teacher), MODELS.get(student)
-            cells += [Cell(m, spec.name, teacher, student, seed, args.budget, overrides, args.teacher_ckpt)
-                      for m in methods for seed in seeds]
+            cells += [Cell(m, spec.name, teacher, student, seed, budget, overrides, args.teacher_ckpt)
+                      for m in methods for overrides in combos for seed in seeds]
     cells = list(dict.fromkeys(cells))      # a pair named twice runs once
     for cell in cells:
         resolve_cell(cell)
@@ -122,12 +133,18 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
                       progress=not args.no_progress, tensorboard=tensorboard)
 
 
-def check_data(args: argparse.Namespace, cells: list[Cell]) -> None:
-    """Open each dataset's splits once, so a missing data root fails before any work or write."""
+def check_data(args: argparse.Namespace, cells: list[Cell], dry_run: bool = False) -> None:
+    """Open each dataset's splits once, so a missing data root fails before any work or write. A dry run
+    only warns (a grid can be planned on a machine that does not hold the data)."""
     for name in sorted({c.dataset for c in cells}):
         spec = DATASETS.get(name)
-        spec.load("test", args.data_root, args.download)
-        spec.load("train", args.data_root, args.download)
+        try:
+            spec.load("test", args.data_root, args.download)
+            spec.load("train", args.data_root, args.download)
+        except DataError as exc:
+            if not dry_run:
+                raise
+            print(f"warning: {name}: {exc} (dry run: planned anyway)", file=sys.stderr)
 
 
 def check_teacher_checkpoints(cells: list[Cell]) -> None:
@@ -144,7 +161,7 @@ def check_teacher_checkpoints(cells: list[Cell]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     cells = cells_from_args(args)
     options = options_from_args(args)
-    check_data(args, cells)
+    check_data(args, cells, dry_run=getattr(args, "dry_run", False))
     check_teacher_checkpoints(cells)
     records = launch_mod.launch(cells, options, args)
     if records:
@@ -180,7 +197,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     check_model_fits(arch, spec.image_shape)
     device = resolve_device(args.device)
     spec.load("train", args.data_root, args.download)
-    cache = Path(args.teacher_cache) if args.teacher_cache else Path(args.out) / "teachers"
+    cache = Path(args.teacher_cache) if args.teacher_cache else OutputLayout(args.out).teachers
     _, info = get_teacher(spec, arch, args.seed, device, cache, args.data_root, args.download,
                           progress=not args.no_progress)
     print(f"teacher {spec.name}/{arch} seed {args.seed}: {info['test_acc']:.2f}% top-1 "
@@ -190,6 +207,10 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     _load_plugins()
+    if args.what == "tables":
+        from .tables.cli import list_tables
+
+        return list_tables(args.pattern)
     if args.what == "methods":
         for name in METHODS.list(args.pattern):
             cls = METHODS.get(name)
@@ -228,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_io_arguments(p)
     p.set_defaults(func=cmd_teacher)
 
-    p = sub.add_parser("list", help="list registered methods, models or datasets")
-    p.add_argument("what", choices=["methods", "models", "datasets"])
+    p = sub.add_parser("list", help="list registered methods, models, datasets or paper tables")
+    p.add_argument("what", choices=["methods", "models", "datasets", "tables"])
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'wrn*'")
     p.set_defaults(func=cmd_list)
 
@@ -241,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("report", help="tables and figures from the records under OUT")
         report.add_arguments(p)
         p.set_defaults(func=report.command)
+
+    from .parity import cli as parity_cli
+
+    p = sub.add_parser("parity", help="compare a method with its authors' released code, step by step")
+    parity_cli.add_arguments(p)
+    p.set_defaults(func=parity_cli.command)
 
     try:
         from . import status
@@ -257,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ConfigError, UnknownNameError, DataError, ValueError) as exc:
+    except (UsageError, ConfigError, UnknownNameError, DataError, SpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -10,11 +10,11 @@ import json
 import typing
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A bad config key or value; the message is one line."""
+from .checks import COUNT, POS_COUNT, ConfigError, check_ranges, choice, ranges
 
 
+@ranges(iterations=COUNT, eval_every=POS_COUNT, log_every=POS_COUNT, checkpoint_every=COUNT,
+        eval_batch_size=POS_COUNT, quality_samples=COUNT, precision=choice("fp32", "bf16", "fp16", "auto"))
 @dataclasses.dataclass
 class RunConfig:
     """Harness-level settings of one cell, the same for every method.
@@ -39,15 +39,7 @@ class RunConfig:
     cudnn_benchmark: bool = False
 
     def validate(self) -> None:
-        if self.iterations < 0:
-            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
-        for key in ("eval_every", "log_every", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
-            raise ConfigError(f"precision must be fp32, bf16, fp16 or auto, got {self.precision!r}")
+        check_ranges(self)      # every field's range is declared above
 
 
 def field_names(cfg_cls: type) -> set[str]:

@@ -153,7 +153,7 @@ def run_inline(cells: list[Cell], options: RunOptions, jobs: str | int | None = 
                 cell = queue.pop(0)
                 grid.started(cell)
                 try:
-                    pending[pool.submit(_run_one, cell.as_dict(), worker_options)] = cell
+                    pending[pool.submit(_run_one, cell.to_job(), worker_options)] = cell
                 except cf.process.BrokenProcessPool as exc:     # a worker died earlier; the pool is closed
                     records[cell.cell_id] = {**cell.as_dict(), "cell_id": cell.cell_id, "status": "failed",
                                              "error": f"not run: the worker pool broke ({exc})".splitlines()[0]}

@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .records import atomic_write_json
+from .records import OutputLayout, atomic_write_json
 
-PROGRESS_NAME = "progress.json"
-TENSORBOARD_DIR = "tensorboard"
+PROGRESS_NAME = OutputLayout.PROGRESS
+TENSORBOARD_DIR = "tensorboard"          # beside the progress file, in the cell's folder
 
 
 def tensorboard_available() -> bool:
@@ -44,9 +44,10 @@ def tensorboard_available() -> bool:
 class CellProgress:
     """Writes one running cell's latest point; the runner calls ``evaluated`` and ``logged``, then ``close``."""
 
-    def __init__(self, folder: Path, cell_info: dict[str, Any], iterations: int, tensorboard: bool = False):
-        self.folder = Path(folder)
-        self.path = self.folder / PROGRESS_NAME
+    def __init__(self, path: Path, cell_info: dict[str, Any], iterations: int, tensorboard: bool = False):
+        """``path``: the cell's progress file (``OutputLayout.progress(cell)``)."""
+        self.path = Path(path)
+        self.folder = self.path.parent
         self.iterations = iterations
         self.tensorboard = tensorboard
         self.start_iteration, self.elapsed_before, self.t0 = 0, 0.0, time.perf_counter()
@@ -102,10 +103,11 @@ class CellProgress:
             atomic_write_json(self.path, {**self.state, "state": status, "updated_at": _now()})
 
 
-def read_progress(folder: Path) -> dict[str, Any] | None:
-    """The progress point in ``folder`` (a cell's folder), or ``None`` when there is none or it is unreadable."""
+def read_progress(path: Path) -> dict[str, Any] | None:
+    """The progress point in ``path`` (``OutputLayout.progress(cell)``), or ``None`` when there is none or it
+    is unreadable."""
     try:
-        data = json.loads((Path(folder) / PROGRESS_NAME).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
@@ -164,7 +166,7 @@ class GridProgress:
     def __init__(self, cells: list, out: Path, parallel: int = 1, skipped: int = 0, stream=None):
         import sys
 
-        self.out = Path(out)
+        self.layout = OutputLayout(out)
         self.total = len(cells) + skipped
         self.done = skipped
         self.failed = 0
@@ -188,7 +190,7 @@ class GridProgress:
         mean = sum(self.durations) / len(self.durations) if self.durations else None
         left = 0.0
         for cell_id, (_, since) in self.running.items():
-            point = read_progress(self.out / cell_id)
+            point = read_progress(self.layout.progress(cell_id))
             eta = point.get("eta_s") if point else None
             if eta is None:
                 if mean is None:
@@ -206,7 +208,7 @@ class GridProgress:
         if self.running:
             names = []
             for cell_id, (cell, _) in self.running.items():
-                point = read_progress(self.out / cell_id)
+                point = read_progress(self.layout.progress(cell_id))
                 extra = f" it {point['iteration']}/{point['iterations']}" if point else ""
                 names.append(f"{cell.method} s{cell.seed}{extra}")
             parts.append("running: " + ", ".join(names))

@@ -22,6 +22,10 @@ for every method:
     Fréchet distance between Gaussian fits of the teacher's penultimate features of the synthetic samples
     and of the real test images (the FID formula with the teacher in place of Inception).
 
+The samples are the ones a student trains on: ``method.sample`` draws them as the student's batches are
+drawn (for a generator, its BatchNorm in the training loop's mode: CPSC-DFKD in train mode on batch
+statistics, the DataFree baselines in their ``sample_mode``), without changing the method's state.
+
 The Fréchet distance needs ``tr(sqrt(C1 C2))``. Rather than ``scipy.linalg.sqrtm`` of a product that is
 singular whenever there are fewer samples than feature dimensions (and that sqrtm returns with complex
 noise), it uses ``tr(sqrt(C1 C2)) = tr(sqrt(S C2 S))`` with ``S = C1^(1/2)``: ``S C2 S`` is symmetric

@@ -99,3 +99,11 @@ class Registry(Generic[T]):
 METHODS: Registry = Registry("method")
 MODELS: Registry = Registry("model")
 DATASETS: Registry = Registry("dataset")
+
+
+def load_plugins() -> None:
+    """Fill the registries: the models and datasets of the harness and every method module under ``methods/``
+    (imported in one place, ``methods/__init__``). Safe to call again."""
+    import methods  # noqa: F401
+
+    from . import data, models  # noqa: F401

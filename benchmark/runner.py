@@ -19,12 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import env
+from .checks import SEED, check_ranges
 from .config import RunConfig, apply_overrides, split_overrides
 from .data import DatasetSpec
 from .method import DFKDMethod, MethodContext
-from .progress import CellProgress
 from .models import check_model_fits, create_model
-from .records import CHECKPOINT_NAME, RECORD_NAME, Cell, atomic_torch_save, atomic_write_json, cell_dir, existing_record
+from .progress import CellProgress
+from .records import Cell, OutputLayout, Record, atomic_torch_save, load_record, write_record
 from .registry import DATASETS, METHODS
 from .teachers import get_teacher
 from .training import evaluate
@@ -48,7 +49,7 @@ class RunOptions:
     tensorboard: bool = False           # TensorBoard curves in <out>/<cell_id>/tensorboard (benchmark.progress)
 
     def cache_dir(self) -> Path:
-        return Path(self.teacher_cache) if self.teacher_cache else Path(self.out) / "teachers"
+        return Path(self.teacher_cache) if self.teacher_cache else OutputLayout(self.out).teachers
 
 
 @dataclass
@@ -64,6 +65,7 @@ def resolve_cell(cell: Cell) -> ResolvedCell:
     """Check every name and value of a cell and build its configs; raises ``ConfigError``/``KeyError``."""
     method_cls = METHODS.get(cell.method)
     spec: DatasetSpec = DATASETS.get(cell.dataset)
+    SEED.check("seed", cell.seed)
     check_model_fits(cell.teacher, spec.image_shape)
     check_model_fits(cell.student, spec.image_shape)
     preset = method_cls.budget_overrides(cell.budget, cell.dataset, cell.teacher, cell.student)
@@ -72,6 +74,7 @@ def resolve_cell(cell: Cell) -> ResolvedCell:
     run_cfg = apply_overrides(RunConfig(), run_over)
     run_cfg.validate()
     method_cfg = apply_overrides(method_cls.Config(), method_over)
+    check_ranges(method_cfg)        # declared ranges (benchmark/checks.py), then the method's own checks
     if hasattr(method_cfg, "validate"):
         method_cfg.validate()
     method_cls.check_config(method_cfg, spec)
@@ -104,47 +107,41 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def run_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
     """Run one cell to its end and return its record (also written to ``<out>/<cell_id>/record.json``)."""
     resolved = resolve_cell(cell)
-    folder = cell_dir(options.out, cell)
-    previous = existing_record(options.out, cell)
-    if previous and previous.get("status") == "done" and not options.force:
-        previous["skipped"] = True
-        return previous
+    layout = OutputLayout(options.out)
+    previous = load_record(layout.record(cell))
+    if previous is not None and previous.done and not options.force:
+        return {**previous.to_dict(), "skipped": True}
 
     device = env.resolve_device(options.device)
-    record: dict[str, Any] = {
-        **cell.as_dict(), "cell_id": cell.cell_id, "data_free": resolved.method_cls.data_free,
-        "status": "running", "error": None, "traceback": None, "started_at": env.now(),
-        "config": {"run": dataclasses.asdict(resolved.run_cfg), "method": dataclasses.asdict(resolved.method_cfg)},
-        "citation": resolved.method_cls.citation,
-    }
-    live = CellProgress(folder, {"cell_id": cell.cell_id, "method": cell.method, "dataset": cell.dataset,
-                                 "seed": cell.seed}, resolved.run_cfg.iterations, options.tensorboard)
+    record = Record.for_cell(
+        cell, data_free=resolved.method_cls.data_free, started_at=env.now(),
+        config={"run": dataclasses.asdict(resolved.run_cfg), "method": dataclasses.asdict(resolved.method_cfg)},
+        citation=resolved.method_cls.citation)
+    live = CellProgress(layout.progress(cell), {"cell_id": cell.cell_id, "method": cell.method,
+                                                "dataset": cell.dataset, "seed": cell.seed},
+                        resolved.run_cfg.iterations, options.tensorboard)
     try:
-        record["env"] = env.environment(device)
-        _execute(resolved, options, device, folder, record, live)
-        record["status"] = "done"
+        record.env = env.environment(device)
+        _execute(resolved, options, device, layout, record, live)
+        record.status = "done"
     except Exception as exc:  # the failure is recorded; other cells go on
-        record["status"] = "failed"
-        record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        record["traceback"] = traceback.format_exc()
-    live.close(record["status"])
-    record["finished_at"] = env.now()
-    record["peak_memory_mb"] = env.peak_memory_mb(device)
-    if record["status"] == "failed" and previous and previous.get("status") == "done":
-        # never replace a finished result with a failing rerun; keep the failure beside it
-        atomic_write_json(folder / "last_failure.json", record)
-        return record
-    atomic_write_json(folder / RECORD_NAME, record)
-    if record["status"] == "done":
-        (folder / CHECKPOINT_NAME).unlink(missing_ok=True)
-    return record
+        record.status = "failed"
+        record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        record.traceback = traceback.format_exc()
+    live.close(record.status)
+    record.finished_at = env.now()
+    record.peak_memory_mb = env.peak_memory_mb(device)
+    write_record(options.out, record)     # a failure never replaces a done record (last_failure.json)
+    if record.done:
+        layout.checkpoint(cell).unlink(missing_ok=True)
+    return record.to_dict()
 
 
-def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, folder: Path,
-             record: dict[str, Any], live: CellProgress) -> None:
+def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, layout: OutputLayout,
+             record: Record, live: CellProgress) -> None:
     cell, spec, run_cfg, method_cls = resolved.cell, resolved.spec, resolved.run_cfg, resolved.method_cls
     precision = env.resolve_precision(run_cfg.precision, device)
-    record["config"]["run"]["precision_resolved"] = precision
+    record.config["run"]["precision_resolved"] = precision
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = run_cfg.cudnn_benchmark
         torch.cuda.reset_peak_memory_stats(device)
@@ -153,9 +150,8 @@ def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, 
     teacher, teacher_info = get_teacher(spec, cell.teacher, cell.seed, device, options.cache_dir(),
                                         options.data_root, options.download, cell.teacher_ckpt, options.progress)
     method_cls.check_compatible(teacher, spec)
-    record["teacher_acc"] = teacher_info["test_acc"]
-    record["teacher_time_s"] = teacher_info["time_s"]
-    record["teacher_info"] = teacher_info
+    record.update(teacher_acc=teacher_info["test_acc"], teacher_time_s=teacher_info["time_s"],
+                  teacher_info=teacher_info)
     test_set = spec.load("test", options.data_root, options.download)
 
     # Re-seed so that the student and method do not depend on whether the teacher was trained or cached.
@@ -176,14 +172,14 @@ def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, 
     start_it, elapsed, train_elapsed = 0, 0.0, 0.0
     curve: list[dict] = []
     loss_curve: list[dict] = []
-    ckpt_path = folder / CHECKPOINT_NAME
+    ckpt_path = layout.checkpoint(cell)
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         method.load_state_dict(state["method"])
         _set_rng_state(state["rng"], device)
         start_it, elapsed, train_elapsed = state["iteration"], state["elapsed"], state["train_elapsed"]
         curve, loss_curve = state["curve"], state["loss_curve"]
-        record["resumed_from"] = start_it
+        record.resumed_from = start_it
 
     live.start(start_it, elapsed)
 
@@ -236,7 +232,7 @@ def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, 
     iterations = run_cfg.iterations
     accs = [c["acc"] for c in curve]
     best = max(range(len(curve)), key=lambda i: accs[i])
-    record.update({
+    record.update(**{
         "final_acc": accs[-1], "best_acc": accs[best], "best_iteration": curve[best]["iteration"],
         "iterations": iterations, "wall_time_s": elapsed, "train_time_s": train_elapsed,
         "time_per_iteration_s": train_elapsed / iterations if iterations else None,
@@ -246,10 +242,11 @@ def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, 
         "losses": {k: v for k, v in last_losses.items() if k != "iteration"},
         "gpu_hours": elapsed / 3600 if device.type == "cuda" else 0.0,
     })
-    record["quality"], record["samples_png"] = _synthetic_quality(method, teacher, test_set, spec, folder, run_cfg)
+    record.quality, record.samples_png = _synthetic_quality(method, teacher, test_set, spec, layout.samples(cell),
+                                                            run_cfg)
 
 
-def _synthetic_quality(method: DFKDMethod, teacher, test_set, spec, folder: Path, run_cfg: RunConfig):
+def _synthetic_quality(method: DFKDMethod, teacher, test_set, spec, png: Path, run_cfg: RunConfig):
     """Data-quality metrics and a sample grid for methods that synthesize (skipped when quality_samples=0)."""
     if run_cfg.quality_samples <= 0:
         return None, None
@@ -262,5 +259,5 @@ def _synthetic_quality(method: DFKDMethod, teacher, test_set, spec, folder: Path
 
     real = torch.cat([x for x, _ in batches(test_set, 1024)])
     metrics = quality_metrics(teacher, images, labels, real.to(images.device), spec.num_classes)
-    save_sample_grid(images.cpu(), None if labels is None else labels.cpu(), spec, folder / "samples.png")
-    return metrics, "samples.png"
+    save_sample_grid(images.cpu(), None if labels is None else labels.cpu(), spec, png)
+    return metrics, png.name

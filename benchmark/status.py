@@ -31,13 +31,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .progress import describe, read_progress, writer_alive
-from .records import RECORD_NAME, Cell, iter_records, read_record
+from .records import Cell, OutputLayout, iter_records, read_record
 
 STATES = ("done", "running", "pending", "failed", "missing")
-GRID_NAME = "grid.json"
-LAUNCH_DIR = ".launch"
-SUBMISSIONS = Path(LAUNCH_DIR) / "submissions.jsonl"
-JOB_INFO_NAME = "job.json"
 
 # SLURM job states (squeue / sacct long names) -> our view of a job
 _SLURM_LIVE_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD",
@@ -67,7 +63,7 @@ class CellStatus:
 # ---- reading the output folder ----------------------------------------------------------------------------
 
 def load_grid(out: Path) -> dict[str, dict]:
-    path = Path(out) / GRID_NAME
+    path = OutputLayout(out).grid
     if not path.is_file():
         return {}
     try:
@@ -78,7 +74,7 @@ def load_grid(out: Path) -> dict[str, dict]:
 
 def load_submissions(out: Path) -> dict[str, dict]:
     """The latest submission of each cell: ``cell_id -> {launcher, job_id, stdout, stderr, submitted_at}``."""
-    path = Path(out) / SUBMISSIONS
+    path = OutputLayout(out).submissions
     latest: dict[str, dict] = {}
     if not path.is_file():
         return latest
@@ -208,6 +204,7 @@ def collect(out: Path, cells: Iterable[Cell] | None = None, include_grid: bool =
             query_scheduler: bool = True) -> list[CellStatus]:
     """The state of every cell of ``cells`` (default: the grid plus every record under ``out``)."""
     out = Path(out)
+    layout = OutputLayout(out)
     wanted: dict[str, dict] = {}
     if include_grid:
         wanted.update(load_grid(out))
@@ -217,15 +214,13 @@ def collect(out: Path, cells: Iterable[Cell] | None = None, include_grid: bool =
     records: dict[str, tuple[Path, dict | None, str | None]] = {}
     if cells is None:
         for path, rec, err in iter_records(out):
-            if LAUNCH_DIR in path.relative_to(out).parts:
-                continue        # code snapshots
             cell_id = (rec or {}).get("cell_id") or path.parent.name
             records[cell_id] = (path, rec, err)
             if rec is not None:
                 wanted.setdefault(cell_id, {k: rec.get(k) for k in ("method", "dataset", "seed")})
     for cell_id in wanted:
         if cell_id not in records:
-            path = out / cell_id / RECORD_NAME
+            path = layout.record(cell_id)
             if path.is_file():
                 try:
                     records[cell_id] = (path, read_record(path), None)
@@ -233,7 +228,7 @@ def collect(out: Path, cells: Iterable[Cell] | None = None, include_grid: bool =
                     records[cell_id] = (path, None, str(exc))
 
     submissions = load_submissions(out)
-    job_infos = {cid: _read_json(out / cid / JOB_INFO_NAME) for cid in wanted}
+    job_infos = {cid: _read_json(layout.job_info(cid)) for cid in wanted}
 
     def settled(cid: str) -> bool:
         """Done, and not older than the cell's latest submission (which ``--force`` makes over a done cell)."""
@@ -279,7 +274,7 @@ def collect(out: Path, cells: Iterable[Cell] | None = None, include_grid: bool =
                            and (info.get("started_at") or "") >= (sub.get("submitted_at") or ""))
                 ended = started and rec is not None and (rec.get("started_at") or "") >= info["started_at"]
                 live = None if ended else ("running" if started else "pending")
-        prog = read_progress(out / cell_id)
+        prog = read_progress(layout.progress(cell_id))
         if prog is not None and not (rec is not None and (rec.get("started_at") or "") > (prog.get("started_at") or "")):
             st.progress = prog        # (a progress file older than the cell's record belongs to an earlier run)
             if sub is None and prog.get("state") == "running":      # inline runs: only the progress file knows

@@ -58,5 +58,23 @@ def eval_mode(*modules: nn.Module):
             m.train(mode)
 
 
+@contextlib.contextmanager
+def batch_statistics(module: nn.Module):
+    """Run ``module`` in train mode (BatchNorm normalises with the batch's statistics, as on training steps)
+    without changing it: every buffer (BN running mean/var, ``num_batches_tracked``) and every submodule's
+    ``training`` flag are restored on exit. For drawing samples the way a student sees them during training."""
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    modes = [(m, m.training) for m in module.modules()]
+    module.train()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for m, mode in modes:
+            m.training = mode
+
+
 def balanced_labels(n: int, num_classes: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device) % num_classes

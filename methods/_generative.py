@@ -16,13 +16,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from benchmark.checks import BETA, COUNT, FRACTION, NONNEG, POSITIVE, POS_COUNT, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.method import DFKDMethod
 from benchmark.models.generators import DataFreeGenerator
 
-from ._common import eval_mode, no_param_grad, warmup_cosine
+from ._common import batch_statistics, eval_mode, no_param_grad, warmup_cosine
 
 
+@ranges(batch_size=POS_COUNT, synthesis_batch_size=COUNT, nz=POS_COUNT, ngf=POS_COUNT, generator_width=POS_COUNT,
+        g_steps=COUNT, s_steps=POS_COUNT, lr_g=POSITIVE, beta1_g=BETA, beta2_g=BETA, lr_s=POSITIVE, momentum=BETA,
+        weight_decay=NONNEG, eta_min_ratio=FRACTION, sample_mode=choice("eval", "train"))
 @dataclass
 class GenerativeConfig:
     """Loop and optimiser settings shared by the four methods; the defaults are the DataFree library's
@@ -152,10 +156,18 @@ class GenerativeBaseline(DFKDMethod):
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, None]:
+        """``n`` samples drawn exactly as the student's batches are (:meth:`synthesize`: the generator in
+        ``sample_mode``, batches of at most ``batch_size``, the run's autocast). Nothing of the run changes:
+        the generator's buffers (BN running statistics, ``num_batches_tracked``; updated by a train-mode
+        forward) and mode, and the synthetic-image counter (metric samples are not training cost)."""
         before = self.counters["synthetic_images"]
-        x = self.synthesize(n).float()
-        self.counters["synthetic_images"] = before     # samples for metrics are not training cost
-        return x, None
+        m = max(n, 2)                                  # a train-mode BatchNorm needs two samples
+        chunks = -(-m // self.cfg.batch_size)
+        sizes = [m // chunks + (i < m % chunks) for i in range(chunks)]
+        with batch_statistics(self.generator):       # restores buffers and modes; synthesize sets the mode
+            x = torch.cat([self.synthesize(k).float().contiguous() for k in sizes])
+        self.counters["synthetic_images"] = before
+        return x[:n], None
 
 
 class _train_mode:

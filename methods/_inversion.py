@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.checks import BETA, COUNT, NONNEG, POSITIVE, POS_COUNT, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import kd_kl
 from benchmark.method import DFKDMethod
@@ -443,6 +444,9 @@ class PoolDistillation(DFKDMethod):
         self.round = state["_round"]
 
 
+@ranges(batch_size=POS_COUNT, synthesis_batch_size=COUNT, g_steps=POS_COUNT, kd_steps=POS_COUNT, lr=POSITIVE,
+        momentum=BETA, weight_decay=NONNEG, eta_min=NONNEG, lr_g=POSITIVE, beta1_g=BETA, beta2_g=BETA, T=POSITIVE,
+        flip=choice("auto", "on", "off"), student_augment=choice("auto", "none", "crop", "crop+flip"), pool_size=COUNT)
 @dataclass
 class PoolConfig:
     """Settings shared by the pool methods (``deepinv``, ``cmi``, ``fast``), with the DataFree scripts'

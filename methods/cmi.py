@@ -55,6 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.checks import COUNT, NONNEG, POSITIVE, POS_COUNT, Range, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
@@ -64,6 +65,9 @@ from ._inversion import (FeatureMeans, PoolConfig, PoolDistillation, masked_disa
                          random_crop_flip, random_resized_crop, reset_generator)
 
 
+@ranges(nz=POS_COUNT, ngf=POS_COUNT, adv=NONNEG, bn=NONNEG, oh=NONNEG, cr=NONNEG, cr_T=POSITIVE, bank_size=POS_COUNT,
+        n_neg=COUNT, head_dim=POS_COUNT, feature_layers=choice("auto", "bn", "blocks"),
+        local_scale_min=Range(0, 1, low_open=True, what="in (0, 1]"))
 @dataclass
 class CMIConfig(PoolConfig):
     lr_g: float = 1e-3                # Adam on generator + z, and on the projection head

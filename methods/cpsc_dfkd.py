@@ -77,14 +77,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.checks import BETA, COUNT, FRACTION, NONNEG, POSITIVE, POS_COUNT, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics, kd_kl, supervised_contrastive
 from benchmark.method import DFKDMethod
 from benchmark.models.generators import ConditionalGenerator
 
-from ._common import balanced_labels, eval_mode, no_param_grad, register_method, warmup_cosine
+from ._common import balanced_labels, batch_statistics, no_param_grad, register_method, warmup_cosine
 
 
+@ranges(batch_size=POS_COUNT, nz=POS_COUNT, ngf=POS_COUNT, g_steps=COUNT, s_steps=POS_COUNT, lr_g=POSITIVE,
+        beta1_g=BETA, beta2_g=BETA, lr_s=POSITIVE, momentum=BETA, weight_decay=NONNEG, warmup_fraction=FRACTION,
+        adv=NONNEG, alpha=NONNEG, beta=NONNEG, gamma=NONNEG, eta=NONNEG, temperature=POSITIVE,
+        ikd_form=choice("log", "mse"), memory_format=choice("auto", "channels_last", "contiguous"))
 @dataclass
 class CPSCConfig:
     batch_size: int = 512
@@ -192,6 +197,13 @@ class CPSCDFKD(DFKDMethod):
         logits = logits.float()
         return F.cross_entropy(F.softmax(logits, 1) if self.cfg.ce_on_probabilities else logits, y)
 
+    @torch.no_grad()
+    def _synthesize(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A detached batch as the student sees it: the generator in its current mode (train during the
+        loop: BatchNorm on the batch's statistics), under the run's autocast, in the run's layout."""
+        with self.ctx.autocast():
+            return self._layout(self.generator(z, y))
+
     def generator_step(self) -> dict[str, torch.Tensor]:
         c = self.cfg
         if c.reset_generator_optimizer:
@@ -228,9 +240,9 @@ class CPSCDFKD(DFKDMethod):
     def student_step(self) -> dict[str, torch.Tensor]:
         c = self.cfg
         z, y = self._draw(c.batch_size)
+        x = self._synthesize(z, y)
         with self.ctx.autocast():
             with torch.no_grad():
-                x = self._layout(self.generator(z, y))
                 t_logits = self.teacher_forward(x)
             self.counters["synthetic_images"] += x.shape[0]
             s_logits = self.student(x)
@@ -259,7 +271,14 @@ class CPSCDFKD(DFKDMethod):
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = balanced_labels(n, self.num_classes, self.device)
-        z = torch.randn(n, self.cfg.nz, device=self.device)
-        with eval_mode(self.generator):
-            return self.generator(z, y).float(), y
+        """``n`` samples (class-balanced requests) drawn the way the student sees them on its steps: the
+        generator in train mode (BatchNorm on batch statistics), in batches of at most ``batch_size``, under
+        the run's autocast. The generator's running statistics, ``num_batches_tracked`` and mode are restored
+        afterwards, so drawing samples changes nothing. For n < 2 (train-mode BN needs two) two are drawn."""
+        y_all = balanced_labels(max(n, 2), self.num_classes, self.device)
+        z_all = torch.randn(y_all.shape[0], self.cfg.nz, device=self.device)
+        chunks = -(-y_all.shape[0] // self.cfg.batch_size)
+        with batch_statistics(self.generator):
+            x = torch.cat([self._synthesize(z, y).float().contiguous()
+                           for z, y in zip(z_all.tensor_split(chunks), y_all.tensor_split(chunks))])
+        return x[:n], y_all[:n]

@@ -43,12 +43,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from benchmark.checks import NONNEG, POSITIVE, ranges
 from benchmark.losses import entropy_of_mean, kd_kl
 
 from ._common import register_method
 from ._generative import GenerativeBaseline, GenerativeConfig, datafree_cifar_recipe
 
 
+@ranges(oh=NONNEG, act=NONNEG, balance=NONNEG, temperature=POSITIVE)
 @dataclass
 class DAFLConfig(GenerativeConfig):
     nz: int = 512                 # datafree_kd.py: nz 512 for dafl, 256 for the others

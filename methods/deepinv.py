@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from benchmark.checks import FRACTION, NONNEG, POSITIVE, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
 
@@ -61,6 +62,7 @@ from ._common import no_param_grad, register_method
 from ._inversion import PoolConfig, PoolDistillation, js_divergence
 
 
+@ranges(adv=NONNEG, bn=NONNEG, oh=NONNEG, tv=NONNEG, l2=NONNEG, s_bn=NONNEG, js_T=POSITIVE, jitter=FRACTION)
 @dataclass
 class DeepInvConfig(PoolConfig):
     g_steps: int = 1000               # image-optimisation steps per round

@@ -45,10 +45,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from benchmark.checks import NONNEG, ranges
+
 from ._common import register_method
 from ._generative import GenerativeBaseline, GenerativeConfig, datafree_cifar_recipe
 
 
+@ranges(adv=NONNEG)
 @dataclass
 class DFADConfig(GenerativeConfig):
     adv: float = 1.0              # weight of the generator's -L1(s, t)

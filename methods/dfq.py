@@ -44,12 +44,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from benchmark.checks import NONNEG, POSITIVE, ranges
 from benchmark.losses import BatchNormStatistics, entropy_of_mean, kd_kl
 
 from ._common import register_method
 from ._generative import GenerativeBaseline, GenerativeConfig, datafree_cifar_recipe
 
 
+@ranges(adv=NONNEG, bn=NONNEG, oh=NONNEG, balance=NONNEG, temperature=POSITIVE)
 @dataclass
 class DFQConfig(GenerativeConfig):
     s_steps: int = 10             # the dfq scripts' --kd_steps 10

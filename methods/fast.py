@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from benchmark.checks import COUNT, FRACTION, NONNEG, POSITIVE, POS_COUNT, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
@@ -63,6 +64,8 @@ from ._inversion import (PoolConfig, PoolDistillation, masked_disagreement, rand
                          reset_first_layer)
 
 
+@ranges(warmup=COUNT, lr_z=POSITIVE, nz=POS_COUNT, ngf=POS_COUNT, adv=NONNEG, bn=NONNEG, oh=NONNEG, bn_mmt=FRACTION,
+        meta=choice("fomaml", "reptile"), reptile_scale=POSITIVE, reset_l0_after=COUNT)
 @dataclass
 class FastConfig(PoolConfig):
     g_steps: int = 2                  # inner generator steps per round (Fast-2)

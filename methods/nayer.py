@@ -67,6 +67,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.checks import COUNT, FRACTION, NONNEG, POS_COUNT, SEED, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
 
@@ -76,6 +77,8 @@ from ._inversion import PoolConfig, PoolDistillation, masked_disagreement, rando
 CLIP_WEIGHTS = os.path.join(os.path.expanduser("~"), ".cache", "clip", "ViT-B-32.pt")
 
 
+@ranges(warmup=COUNT, g_life=POS_COUNT, g_loops=POS_COUNT, gwp_loops=POS_COUNT, adv=NONNEG, bn=NONNEG, oh=NONNEG,
+        bn_mmt=FRACTION, ngf=POS_COUNT, le_emb_size=POS_COUNT, label_embedding_dim=POS_COUNT, label_embedding_seed=SEED)
 @dataclass
 class NAYERConfig(PoolConfig):
     batch_size: int = 512             # scripts/nayer_*.sh, CIFAR

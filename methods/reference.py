@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.checks import BETA, FRACTION, NONNEG, POSITIVE, POS_COUNT, Range, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import kd_kl
 from benchmark.method import DFKDMethod
@@ -106,6 +107,9 @@ class RealBatches:
         self.epoch_state, self.position, self._iter = state["epoch_state"].clone(), state["position"], None
 
 
+@ranges(batch_size=POS_COUNT, lr=POSITIVE, momentum=BETA, weight_decay=NONNEG,
+        schedule=choice("multistep", "cosine"), milestones=FRACTION, gamma=Range(0, 1, low_open=True, what="in (0, 1]"),
+        augment=choice("dataset", "none", "crop", "crop+flip"))
 @dataclass
 class RealTrainConfig:
     batch_size: int = 256
@@ -128,6 +132,7 @@ class RealTrainConfig:
             raise ConfigError("milestones are fractions of the budget, each in [0, 1]")
 
 
+@ranges(temperature=POSITIVE, soft_weight=NONNEG, hard_weight=NONNEG)
 @dataclass
 class KDRealConfig(RealTrainConfig):
     temperature: float = 4.0

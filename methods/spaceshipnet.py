@@ -61,6 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.checks import FRACTION, NONNEG, POS_COUNT, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
@@ -73,6 +74,8 @@ from ._common import balanced_labels, register_method
 from ._inversion import ImagePool, PoolConfig, PoolDistillation, random_crop_flip
 
 
+@ranges(alpha=NONNEG, kl_reduction=choice("mean", "batchmean"), cls=NONNEG, bn=NONNEG, first_bn_multiplier=NONNEG,
+        cam=NONNEG, gradcam=NONNEG, mix_p=FRACTION, nz=POS_COUNT, ngf=POS_COUNT)
 @dataclass
 class SpaceshipNetConfig(PoolConfig):
     batch_size: int = 256             # the YAML's batch_size (student and synthesis)

@@ -62,6 +62,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmark.checks import NONNEG, POSITIVE, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import kd_kl
 from benchmark.models.resnet import CifarResNet
@@ -72,6 +73,7 @@ from ._common import eval_mode, register_method
 from ._generative import GenerativeBaseline, GenerativeConfig, datafree_cifar_recipe
 
 
+@ranges(adv=NONNEG, at_beta=NONNEG, temperature=POSITIVE, grad_clip=NONNEG)
 @dataclass
 class ZSKTConfig(GenerativeConfig):
     adv: float = 1.0              # weight of the generator's -KL(t || s)

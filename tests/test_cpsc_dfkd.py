@@ -101,6 +101,44 @@ def test_conditional_generator_uses_requested_labels():
     assert images.shape == (20, 1, 16, 16) and labels.tolist() == [i % 10 for i in range(20)]
 
 
+def _generator_state(m):
+    return {k: v.clone() for k, v in m.generator.state_dict().items()}, [x.training for x in m.generator.modules()]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_sample_leaves_the_generator_unchanged(mode):
+    m = make()
+    m.train_iteration(0)                       # non-trivial running statistics and num_batches_tracked
+    m.generator.train(mode == "train")
+    state, modes = _generator_state(m)
+    m.sample(37)
+    after, modes_after = _generator_state(m)
+    assert modes_after == modes
+    assert state.keys() == after.keys()
+    for k in state:
+        assert torch.equal(state[k], after[k]), f"sample() changed generator entry {k}"
+
+
+def test_sample_is_the_batch_a_student_step_sees():
+    m = make()
+    m.train_iteration(0)
+    n = m.cfg.batch_size                       # one chunk, the student's batch size
+    torch.manual_seed(5)
+    x, y = m.sample(n)
+    torch.manual_seed(5)
+    z = torch.randn(n, m.cfg.nz)
+    seen = []
+    m._draw = lambda k: (z, y)
+    hook = m.student.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().float().clone()))
+    m.student_step()
+    hook.remove()
+    assert torch.equal(seen[0], x), "the metric samples differ from the student's training batch"
+    # and the eval-mode (running-statistics) images are a different thing
+    with torch.no_grad():
+        m.generator.eval()
+        assert not torch.allclose(m.generator(z, y), x)
+
+
 def test_adapter_bridges_feature_sizes_and_is_frozen():
     m = make()
     assert m.student.feature_dim != m.teacher.feature_dim

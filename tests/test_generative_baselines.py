@@ -275,6 +275,25 @@ def test_sample_returns_normalised_images_without_labels(name, teacher):
     assert method.counters == before
 
 
+@pytest.mark.parametrize("sample_mode", ["eval", "train"])
+def test_sample_is_the_student_batch_and_leaves_the_generator_unchanged(sample_mode, teacher):
+    method = build("dfad", teacher, sample_mode=sample_mode, batch_size=12)
+    method.train_iteration(0)
+    state = {k: v.clone() for k, v in method.generator.state_dict().items()}
+    modes = [m.training for m in method.generator.modules()]
+    torch.manual_seed(3)
+    x, _ = method.sample(12)
+    assert [m.training for m in method.generator.modules()] == modes
+    for k, v in method.generator.state_dict().items():
+        assert torch.equal(v, state[k]), f"sample() changed generator entry {k}"
+    torch.manual_seed(3)
+    assert torch.equal(method.synthesize(12).float(), x)     # the student's batch for the same draws
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(3)
+        method.generator.train(sample_mode == "eval")        # the other mode draws other images
+        assert not torch.allclose(method.generator(method.draw_z(12)), x)
+
+
 def test_config_validation():
     with pytest.raises(ConfigError):
         dataclasses.replace(METHODS.get("dfad").Config(), sample_mode="bogus").validate()

@@ -129,7 +129,8 @@ def test_dry_run_prints_cells_teachers_and_resources_and_writes_nothing(tmp_path
 
 def test_snapshot_holds_the_code_at_submission_and_its_commit(tmp_path):
     snap = launch.make_snapshot(tmp_path / "snaps")
-    assert (snap.path / "benchmark" / "launch.py").read_text() == (ROOT / "benchmark" / "launch.py").read_text()
+    submit_py = Path("benchmark") / "launch" / "submit.py"
+    assert (snap.path / submit_py).read_text() == (ROOT / submit_py).read_text()
     assert (snap.path / "methods" / "__init__.py").is_file()
     assert not list(snap.path.rglob("__pycache__")) and not list(snap.path.rglob("record.json"))
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()

@@ -40,22 +40,23 @@ def digits_teacher(teacher_cache):
 
 
 def test_cell_progress_writes_points_and_is_removed_when_done(tmp_path):
-    live = CellProgress(tmp_path, {"cell_id": "c", "method": "m"}, iterations=100)
+    path = tmp_path / PROGRESS_NAME
+    live = CellProgress(path, {"cell_id": "c", "method": "m"}, iterations=100)
     live.start()
     live.evaluated(0, 10.0)
-    assert read_progress(tmp_path)["acc"] == 10.0 and read_progress(tmp_path)["eta_s"] is None
+    assert read_progress(path)["acc"] == 10.0 and read_progress(path)["eta_s"] is None
     live.logged(20, {"kd": 0.5})
     live.evaluated(20, 55.5, {"student_steps": 100})
-    point = read_progress(tmp_path)
+    point = read_progress(path)
     assert (point["iteration"], point["acc"], point["best_acc"], point["losses"]) == (20, 55.5, 55.5, {"kd": 0.5})
     assert point["student_steps"] == 100 and point["eta_s"] >= 0 and point["state"] == "running"
     assert point["pid"] == os.getpid()
     live.evaluated(40, 50.0)
-    assert read_progress(tmp_path)["best_acc"] == 55.5
+    assert read_progress(path)["best_acc"] == 55.5
     live.close("failed")
-    assert read_progress(tmp_path)["state"] == "failed" and read_progress(tmp_path)["iteration"] == 40
+    assert read_progress(path)["state"] == "failed" and read_progress(path)["iteration"] == 40
     live.close("done")
-    assert not (tmp_path / PROGRESS_NAME).exists()
+    assert not path.exists()
 
 
 def test_status_shows_a_running_inline_cells_iteration_and_accuracy(tmp_path, digits_teacher, capsys):
@@ -69,7 +70,7 @@ def test_status_shows_a_running_inline_cells_iteration_and_accuracy(tmp_path, di
         point = None
         while time.time() < deadline and proc.poll() is None:
             found = list(out.glob(f"*/{PROGRESS_NAME}"))
-            point = read_progress(found[0].parent) if found else None
+            point = read_progress(found[0]) if found else None
             if point and point["iteration"] >= 3:
                 break
             time.sleep(0.2)

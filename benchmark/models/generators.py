@@ -92,8 +92,8 @@ class DataFreeGenerator(nn.Module):
         )
         self.normalize = mean is not None
         if self.normalize:
-            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.get_default_dtype()).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std, dtype=torch.get_default_dtype()).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_blocks(self.l1(z.flatten(1)).view(z.shape[0], *self.init_shape))

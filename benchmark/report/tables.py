@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..launch.grid import PAIR_PRESETS
 from .load import REFERENCE_METHODS, ReportError, common_settings
 from .published import Figure, Published, load_published
 
@@ -32,8 +33,7 @@ METHOD_ORDER = REFERENCE_METHODS + DATA_FREE_ORDER
 DATASET_ORDER = ("digits", "mnist", "svhn", "cifar10", "cifar100", "tiny_imagenet", "tiny-imagenet")
 
 #: The five teacher→student pairs of the CMI / Fast-Datafree CIFAR tables, in their order.
-STANDARD_PAIRS = (("resnet34", "resnet18"), ("vgg11", "resnet18"), ("wrn40_2", "wrn16_1"),
-                  ("wrn40_2", "wrn40_1"), ("wrn40_2", "wrn16_2"))
+STANDARD_PAIRS = PAIR_PRESETS["standard"]
 LAYOUTS = {"cifar10": STANDARD_PAIRS, "cifar100": STANDARD_PAIRS}
 
 METRICS = {

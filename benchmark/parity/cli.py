@@ -1,0 +1,92 @@
+"""``python -m benchmark parity``: argument parsing, the run over one or all methods, the JSON and Markdown
+outputs. Bad input fails in one line with exit status 2 before anything runs or is written."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmark.config import ConfigError
+
+from . import ADAPTERS, adapter
+from .core import ParityError, Problem, Result, run, table, write_json
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("method", help=f"a method with a parity adapter ({', '.join(ADAPTERS)}) or 'all'")
+    p.add_argument("--reference", required=True, type=Path,
+                   help="a checkout of the authors' code, or a folder holding checkouts named NAME or OWNER+NAME "
+                        "(CMI, Fast-Datafree, CPSC-DFKD)")
+    p.add_argument("--steps", type=int, default=5, help="iterations K (default 5)")
+    p.add_argument("--pair", default="wrn40_2:wrn16_1", help="teacher:student (default wrn40_2:wrn16_1)")
+    p.add_argument("--batch", type=int, default=16, help="student and synthesis batch (default 16)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-compat", action="store_true",
+                   help="our defaults instead of the released-code compatibility options")
+    p.add_argument("--json", type=Path, default=None, help="write the results (every step) as JSON here")
+    p.add_argument("--markdown", type=Path, default=None, help="write the fidelity report (docs/fidelity.md) here")
+
+
+def _check(args: argparse.Namespace) -> tuple[list[str], str, str]:
+    names = list(ADAPTERS) if args.method == "all" else [args.method]
+    for name in names:
+        adapter(name)                                        # unknown method: ConfigError
+    teacher, sep, student = args.pair.partition(":")
+    if not sep or not teacher or not student:
+        raise ConfigError(f"--pair expects TEACHER:STUDENT, got {args.pair!r}")
+    from benchmark.models import check_model_fits
+    for arch in (teacher, student):
+        check_model_fits(arch, (3, 32, 32))
+    if args.steps < 1 or args.batch < 2:
+        raise ConfigError("--steps must be >= 1 and --batch >= 2")
+    if not args.reference.is_dir():
+        raise ConfigError(f"--reference {args.reference}: not a folder")
+    for name in names:
+        mod = adapter(name)
+        from .core import locate
+        locate(args.reference, mod.REPO, mod.MARKER)
+    return names, teacher, student
+
+
+def _problem(args, name, teacher, student, compat: bool) -> Problem:
+    return Problem(method=name, teacher_arch=teacher, student_arch=student, steps=args.steps, batch=args.batch,
+                   dtype=DTYPES[args.dtype], seed=args.seed, compat=compat)
+
+
+def command(args: argparse.Namespace) -> int:
+    names, teacher, student = _check(args)
+    results: list[Result] = []
+    defaults: dict[str, Result] = {}
+    explanations: dict[str, list[str]] = {}
+    failed = 0
+    for name in names:
+        mod = adapter(name)
+        try:
+            result = run(mod, _problem(args, name, teacher, student, not args.no_compat), args.reference)
+            # for the report: what our defaults change, where a compatibility option exists
+            if args.markdown and not args.no_compat and getattr(mod, "COMPAT", {}).get(name):
+                defaults[name] = run(mod, _problem(args, name, teacher, student, False), args.reference)
+        except ParityError as exc:
+            print(f"{name}: cannot compare: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        results.append(result)
+        explanations[name] = list(getattr(mod, "DEFAULTS", {}).get(name, []))
+        print(table(result), flush=True)
+        if name in defaults:
+            print(f"with our defaults: {'equal' if defaults[name].ok else 'different'}"
+                  + (f"; terms on one side only: {defaults[name].unmatched}" if defaults[name].unmatched else ""))
+        print()
+        failed += not result.ok
+    if args.json:
+        payload = [r.to_dict() for r in results]
+        write_json(args.json, payload[0] if len(payload) == 1 and args.method != "all" else payload)
+    if args.markdown:
+        from .report import markdown, write_text
+        write_text(args.markdown, markdown(results, defaults, args, explanations))
+    return 1 if failed else 0

@@ -1,0 +1,99 @@
+"""``run --table NAME`` and ``list tables``: a table spec as the grid of ``python -m benchmark run``.
+
+``run --table NAME [--seeds ...] [--methods ...] [--set key=v1,v2 ...] [--budget B]`` runs (or, with
+``--launcher local|slurm``, submits) the table's cells through the ordinary launchers, so the usual rules
+hold: finished cells are skipped, failed and missing ones run, ``--force`` reruns. ``--seeds`` replaces the
+spec's seeds, ``--methods`` keeps the rows whose method matches, ``--set`` applies to every row (a key with
+several values multiplies the rows), ``--budget`` replaces the spec's budget (e.g. ``smoke`` to try a table).
+The flags that name the grid's datasets and pairs belong to the spec and are refused with ``--table``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..records import Cell
+from .expand import Expansion, budget_preset, expand
+from .spec import SpecError, load_spec, spec_names
+
+#: Grid flags that a table spec defines itself (attribute name -> flag).
+SPEC_FLAGS = {"dataset": "--dataset", "datasets": "--datasets", "pairs": "--pairs", "teacher": "--teacher",
+              "student": "--student", "teacher_ckpt": "--teacher-ckpt"}
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    from ..cli import _seeds as parse
+
+    return parse(text)
+
+
+def table_expansion(args: argparse.Namespace) -> Expansion:
+    """The expansion of ``--table`` with the command line's seeds, methods, sweeps and budget."""
+    given = [flag for attr, flag in SPEC_FLAGS.items() if getattr(args, attr, None)]
+    if given:
+        raise SpecError(f"{', '.join(given)} cannot be combined with --table (the table names its datasets "
+                        f"and pairs)")
+    spec = load_spec(args.table)
+    methods = getattr(args, "methods", None)
+    return expand(spec, seeds=_seeds(getattr(args, "seeds", None)), sets=list(getattr(args, "overrides", []) or []),
+                  methods=None if methods in (None, "all") else methods, budget=getattr(args, "budget", None))
+
+
+def print_table_plan(exp: Expansion, file=None) -> None:
+    """The table's shape, the recipe of each (method, column) and every cell that cannot run."""
+    file = file or sys.stdout
+    spec = exp.spec
+    cells = exp.cells()
+    print(f"table {spec.name}: {len(exp.rows)} row(s) x {len(exp.columns)} column(s) x {len(exp.seeds)} seed(s) "
+          f"= {len(exp.planned)} cell(s), {len(cells)} distinct runnable, {len(exp.unresolved())} without a budget",
+          file=file)
+    print(f"  {spec.description}", file=file)
+    if exp.common:
+        print(f"  every row: --set {' '.join(f'{k}={v}' for k, v in exp.common.items())}", file=file)
+    print("  columns: " + "; ".join(c.label for c in exp.columns), file=file)
+    recipes: dict[tuple[str, str, str], list[str]] = {}
+    for p in exp.planned:
+        if p.problem is None:
+            preset = ", ".join(f"{k}={v}" for k, v in budget_preset(p.cell).items()) or "the method's defaults"
+            where = recipes.setdefault((p.cell.method, p.cell.budget, preset), [])
+            if p.column.label not in where:
+                where.append(p.column.label)
+    for (method, budget, preset), where in recipes.items():
+        on = "every column" if len(where) == len(exp.columns) > 1 else "; ".join(where)
+        print(f"  recipe {method} ({budget}) on {on}: {preset}", file=file)
+    for row in exp.rows:
+        if row.overrides:
+            print(f"  row {row.label!r}: {row.method} --set "
+                  + " ".join(f"{k}={v}" for k, v in row.overrides), file=file)
+    shown = set()
+    for p in exp.unresolved():
+        key = (p.row.label, p.column)
+        if key in shown:
+            continue
+        shown.add(key)
+        print(f"  no budget: row {p.row.label!r} on {p.column.label} ({len(exp.seeds)} seed(s)): {p.problem}",
+              file=file)
+
+
+def table_cells(args: argparse.Namespace, dry_run: bool) -> list[Cell]:
+    """The runnable cells of ``--table`` (printing the plan); outside a dry run a cell without a budget is
+    an error naming every such row."""
+    exp = table_expansion(args)
+    if exp.unresolved() and not dry_run:
+        budget = exp.unresolved()[0].cell.budget
+        rows = sorted({f"{p.row.method} on {p.column.label}" for p in exp.unresolved()})
+        raise SpecError(f"table {exp.spec.name}: no {budget!r} budget for {'; '.join(rows)} (run the others with "
+                        f"--methods, or add the budgets)")
+    print_table_plan(exp)
+    return exp.cells()
+
+
+def list_tables(pattern: str = "*") -> int:
+    import fnmatch
+
+    for name in spec_names():
+        if fnmatch.fnmatchcase(name, pattern):
+            print(f"{name:18s} {load_spec(name).description}")
+    return 0

@@ -1,0 +1,216 @@
+"""The parity driver's mechanics against a small reference written here, and (marked ``reference``) the real
+comparisons, which run only when DFKD_REFERENCE_ROOT names a folder holding the authors' checkouts."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from benchmark.cli import main
+from benchmark.parity import ADAPTERS, adapter
+from benchmark.parity.core import (ParityError, Problem, Sides, Tape, compare_states, copy_state, locals_at_step,
+                                   locate, reference_code, returns_of, run, table, value_diff)
+
+# a tiny "released code": a regression trainer that draws its inputs with torch.randn and keeps its loss in a
+# local variable, as the authors' code does
+TOY_REFERENCE = '''
+import torch
+
+def train_step(model, optimizer, batch, lr_scale=1.0):
+    x = torch.randn(batch, 4)
+    target = x.sum(1, keepdim=True)
+    loss_mse = ((model(x) - target) ** 2).mean()
+    optimizer.zero_grad()
+    (lr_scale * loss_mse).backward()
+    optimizer.step()
+'''
+
+
+def toy_adapter(ref_lr_scale: float = 1.0, ref_batch_delta: int = 0):
+    """An adapter over the toy reference: ours is written here independently."""
+    mod = types.SimpleNamespace(REPO="toy/toyref", MARKER="toyref.py")
+
+    def build(problem: Problem, path) -> Sides:
+        import toyref
+
+        torch.manual_seed(1)
+        ours, ref = nn.Linear(4, 1), nn.Linear(4, 1)
+        copy_state(ours, ref)
+        opt_o = torch.optim.SGD(ours.parameters(), lr=0.1)
+        opt_r = torch.optim.SGD(ref.parameters(), lr=0.1)
+
+        def ours_iteration(i):
+            x = torch.randn(problem.batch, 4)
+            loss = ((ours(x) - x.sum(1, keepdim=True)) ** 2).mean()
+            opt_o.zero_grad()
+            loss.backward()
+            opt_o.step()
+            return [{"mse": float(loss.detach())}]
+
+        def ref_iteration(i):
+            rows = []
+            with locals_at_step(opt_r, {"mse": "loss_mse"}, rows):
+                toyref.train_step(ref, opt_r, problem.batch + ref_batch_delta, ref_lr_scale)
+            return rows
+
+        return Sides(ours_iteration, ref_iteration, {"model": (ours, ref)}, options={}, reference={"repo": mod.REPO})
+
+    mod.build = build
+    return mod
+
+
+@pytest.fixture
+def toy_root(tmp_path):
+    root = tmp_path / "refs" / "toy+toyref"
+    root.mkdir(parents=True)
+    (root / "toyref.py").write_text(TOY_REFERENCE)
+    (root / "COMMIT").write_text("0123abc\n")
+    return tmp_path / "refs"
+
+
+def tiny_problem(**kw):
+    p = Problem(method="toy", teacher_arch="cnn_narrow", student_arch="cnn_narrow", steps=5, batch=4, **kw)
+    p.build = lambda: p     # the toy adapter needs no teacher
+    return p
+
+
+def test_equal_implementations_match_and_reference_modules_are_unloaded(toy_root):
+    result = run(toy_adapter(), tiny_problem(), toy_root)
+    assert result.ok
+    assert result.terms["mse"]["steps"] == 5 and result.terms["mse"]["rel"] < 1e-12
+    assert result.params["model.weight"]["abs"] < 1e-12 and result.params["model.bias"]["abs"] < 1e-12
+    assert result.reference["commit"] == "0123abc" and result.draws == 5
+    assert "toyref" not in sys.modules and not any("toy+toyref" in p for p in sys.path)
+    text = table(result)
+    assert "PASS" in text and "loss mse (5 steps)" in text
+
+
+def test_a_different_reference_is_reported(toy_root):
+    result = run(toy_adapter(ref_lr_scale=1.01), tiny_problem(), toy_root)
+    assert not result.ok
+    assert result.terms["mse"]["rel"] > 1e-4          # the losses drift apart after the first step
+    assert result.per_step[0]["ours"]["mse"] == pytest.approx(result.per_step[0]["reference"]["mse"], rel=1e-12)
+    assert result.params["model.weight"]["rel"] > 1e-4
+    assert "FAIL" in table(result)
+
+
+def test_different_draws_cannot_be_compared(toy_root):
+    with pytest.raises(ParityError, match="shape"):
+        run(toy_adapter(ref_batch_delta=1), tiny_problem(), toy_root)
+
+
+def test_tape_replays_each_function_in_order():
+    tape = Tape()
+    with tape.recording():
+        a, b, c = torch.randn(3), torch.randint(0, 10, (4,)), torch.randn(2, 2)
+    with tape.replaying():
+        a2 = torch.randn(3)
+        b2 = torch.randint(0, 10, (4,))
+        assert tape.unused() == {"randn": 1}
+        c2 = torch.randn(2, 2)
+    assert torch.equal(a, a2) and torch.equal(b, b2) and torch.equal(c, c2) and not tape.unused()
+    with pytest.raises(ParityError, match="drew only"), tape.replaying():
+        torch.randn(3)
+    assert torch.randn is not None and torch.randn.__module__ == "torch"      # restored
+
+
+def test_copy_state_checks_names_and_shapes():
+    a, b = nn.Sequential(nn.Linear(3, 2)), nn.Sequential(nn.Linear(3, 2))
+    copy_state(a, b)
+    assert torch.equal(a[0].weight, b[0].weight)
+    with pytest.raises(ParityError, match="keys differ"):
+        copy_state(a, nn.Linear(3, 2))
+    with pytest.raises(ParityError, match="shape"):
+        copy_state(a, nn.Sequential(nn.Linear(4, 2)))
+    renamed = nn.Linear(3, 2)
+    copy_state(a, renamed, rename=lambda k: k.split(".", 1)[1])
+    assert torch.equal(renamed.bias, a[0].bias)
+
+
+def test_compare_groups_parameters_and_running_statistics():
+    a = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    b = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    copy_state(a, b)
+    with torch.no_grad():
+        b[1].running_mean += 0.5
+    diffs = compare_states(a, b, "m")
+    assert set(diffs) == {"m.0", "m.1", "m.1 (running stats)"}
+    assert diffs["m.0"].ok and diffs["m.1"].ok and not diffs["m.1 (running stats)"].ok
+    assert value_diff(1.0, 1.0 + 2e-4).rel > 1e-4 and not value_diff(1.0, 1.0 + 2e-4).ok
+    assert value_diff(0.0, 1e-12).ok and value_diff(0.0, 0.0).rel == 0
+
+
+def test_locals_and_returns_are_captured():
+    w = nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+
+    def released_step():
+        loss_a = (w * 2).sum()
+        opt.zero_grad()
+        loss_a.backward()
+        opt.step()
+
+    rows = []
+    with locals_at_step(opt, {"a": "loss_a", "twice": lambda loc: 2 * loc["loss_a"]}, rows):
+        released_step()
+    assert rows == [{"a": 2.0, "twice": 4.0}] and "step" not in vars(opt)
+
+    class Ours:
+        def step(self):
+            return {"x": torch.tensor(1.5)}
+
+    obj, out = Ours(), []
+    with returns_of(obj, "step", out):
+        obj.step()
+    assert out == [{"x": 1.5}] and "step" not in vars(obj)
+
+
+def test_reference_code_shims_and_cleans_up(tmp_path):
+    (tmp_path / "needs_shims.py").write_text(
+        "import torchvision.models.utils\nimport torch\nX = torch.zeros(1).cuda()\n")
+    with reference_code(tmp_path):
+        import needs_shims
+        assert needs_shims.X.device.type == "cpu"
+    assert "needs_shims" not in sys.modules
+    assert torch.Tensor.cuda.__name__ == "cuda"
+
+
+def test_locate_finds_named_checkouts(tmp_path):
+    (tmp_path / "zju-vipa+CMI" / "datafree").mkdir(parents=True)
+    (tmp_path / "zju-vipa+CMI" / "datafree" / "x.py").write_text("")
+    assert locate(tmp_path, "zju-vipa/CMI", "datafree/x.py").name == "zju-vipa+CMI"
+    assert locate(tmp_path / "zju-vipa+CMI", "zju-vipa/CMI", "datafree/x.py").name == "zju-vipa+CMI"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["parity", "nosuch", "--reference", "."], "no parity adapter"),
+    (["parity", "dafl", "--reference", "/nonexistent/x"], "not a folder"),
+    (["parity", "dafl", "--reference", "."], "no checkout of github.com/zju-vipa/CMI"),
+    (["parity", "dafl", "--reference", ".", "--pair", "wrn40_2"], "TEACHER:STUDENT"),
+])
+def test_bad_input_exits_2_before_writing(argv, message, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert main(argv + ["--json", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+# ---- the real comparisons --------------------------------------------------------------------------------
+REFERENCE_ROOT = os.environ.get("DFKD_REFERENCE_ROOT")
+
+
+@pytest.mark.reference
+@pytest.mark.skipif(not REFERENCE_ROOT, reason="DFKD_REFERENCE_ROOT names no folder of reference checkouts")
+@pytest.mark.parametrize("method", sorted(ADAPTERS))
+def test_matches_released_code(method, tmp_path):
+    out = tmp_path / "parity.json"
+    assert main(["parity", method, "--reference", REFERENCE_ROOT, "--steps", "5", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["problem"]["steps"] == 5 and result["terms"] and result["params"]
+    assert all(t["rel"] <= 1e-4 or t["abs"] <= 1e-9 for t in result["terms"].values())
+    assert adapter(method).REPO.split("/")[1] in result["reference"]["repo"]
