@@ -145,10 +145,16 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     from .env import resolve_device
 
     resolve_device(args.device)
+    tensorboard = getattr(args, "tensorboard", False)
+    if tensorboard:
+        from .progress import tensorboard_available
+
+        if not tensorboard_available():
+            raise UsageError("--tensorboard needs the tensorboard package (pip install -e '.[tensorboard]')")
     return RunOptions(out=Path(args.out), data_root=args.data_root, download=args.download, device=args.device,
                       force=getattr(args, "force", False),
                       teacher_cache=Path(args.teacher_cache) if args.teacher_cache else None,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, tensorboard=tensorboard)
 
 
 def check_data(args: argparse.Namespace, cells: list[Cell], dry_run: bool = False) -> None:
@@ -261,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_cell_arguments(p)
     add_io_arguments(p)
     p.add_argument("--force", action="store_true", help="rerun cells that already have a finished record")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write loss and accuracy curves as TensorBoard event files in OUT/<cell>/tensorboard "
+                        "(needs the optional tensorboard package)")
     launch_mod.add_arguments(p)
     p.set_defaults(func=cmd_run)
 

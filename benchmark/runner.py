@@ -25,7 +25,8 @@ from .checks import SEED, check_ranges
 from .config import NotApplicableError, RunConfig, apply_overrides, split_overrides
 from .data import DatasetSpec
 from .method import DFKDMethod
-from .models import check_model_fits
+from .models import check_model_fits, create_model
+from .progress import CellProgress
 from .records import Cell, OutputLayout, Record, atomic_torch_save, load_record, write_record
 from .registry import DATASETS, METHODS
 from .teachers import get_teacher
@@ -46,7 +47,8 @@ class RunOptions:
     device: str = "auto"
     force: bool = False
     teacher_cache: Path | None = None   # default <out>/teachers
-    progress: bool = True
+    progress: bool = True               # progress bars
+    tensorboard: bool = False           # TensorBoard curves in <out>/<cell_id>/tensorboard (benchmark.progress)
 
     def cache_dir(self) -> Path:
         return Path(self.teacher_cache) if self.teacher_cache else OutputLayout(self.out).teachers
@@ -137,14 +139,18 @@ def run_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
         cell, data_free=resolved.method_cls.data_free, started_at=env.now(),
         config={"run": dataclasses.asdict(resolved.run_cfg), "method": dataclasses.asdict(resolved.method_cfg)},
         citation=resolved.method_cls.citation)
+    live = CellProgress(layout.progress(cell), {"cell_id": cell.cell_id, "method": cell.method,
+                                                "dataset": cell.dataset, "seed": cell.seed},
+                        resolved.run_cfg.iterations, options.tensorboard)
     try:
         record.env = env.environment(device)
-        _execute(resolved, options, device, layout, record)
+        _execute(resolved, options, device, layout, record, live)
         record.status = "done"
     except Exception as exc:  # the failure is recorded; other cells go on
         record.status = "failed"
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         record.traceback = traceback.format_exc()
+    live.close(record.status)
     record.finished_at = env.now()
     record.peak_memory_mb = env.peak_memory_mb(device)
     write_record(options.out, record)     # a failure never replaces a done record (last_failure.json)
@@ -154,7 +160,7 @@ def run_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
 
 
 def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, layout: OutputLayout,
-             record: Record) -> None:
+             record: Record, live: CellProgress) -> None:
     cell, spec, run_cfg, method_cls = resolved.cell, resolved.spec, resolved.run_cfg, resolved.method_cls
     precision = env.resolve_precision(run_cfg.precision, device)
     record.config["run"]["precision_resolved"] = precision
@@ -188,8 +194,12 @@ def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, 
         curve, loss_curve = state["curve"], state["loss_curve"]
         record.resumed_from = start_it
 
+    live.start(start_it, elapsed)
+
     def snapshot(iteration: int, acc: float) -> dict:
-        return {"iteration": iteration, "acc": acc, "wall_time_s": elapsed, **method.counters}
+        point = {"iteration": iteration, "acc": acc, "wall_time_s": elapsed, **method.counters}
+        live.evaluated(iteration, acc, method.counters)
+        return point
 
     if not curve:
         curve.append(snapshot(0, evaluate(student, test_set, device, run_cfg.eval_batch_size, run_cfg.channels_last)))
@@ -214,6 +224,7 @@ def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, 
                 raise NonFiniteLossError(f"non-finite loss {', '.join(bad)} by iteration {done}; the run diverged")
             last_losses = {"iteration": done, **means}
             loss_curve.append(last_losses)
+            live.logged(done, means)
             sums, count = {}, 0
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:4]} | {"acc": f"{curve[-1]['acc']:.1f}"})
         train_elapsed += time.perf_counter() - t_iter

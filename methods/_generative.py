@@ -88,6 +88,8 @@ class GenerativeBaseline(DFKDMethod):
         self.num_classes = spec.num_classes
         self.generator = self.track("generator", DataFreeGenerator(
             spec.image_shape, cfg.nz, cfg.ngf, cfg.generator_width, spec.mean, spec.std).to(self.device))
+        if ctx.channels_last:      # speed only: its convolutions then run in the teacher's and student's layout
+            self.generator.to(memory_format=torch.channels_last)
         self.opt_g = self.track("opt_g", torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g,
                                                           betas=(cfg.beta1_g, cfg.beta2_g)))
         self.opt_s = self.track("opt_s", self.make_student_optimizer())

@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--launcher", choices=LAUNCHERS, default="inline",
                    help="inline: one after another in this process (default); local: parallel subprocesses "
                         "(submitit LocalExecutor); slurm: SLURM job arrays, one task per cell")
+    g.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="inline launcher: run the cells in N worker processes on this machine (auto: one per core, "
+                        "cores // N torch threads each; 1: one after another in this process)")
     g.add_argument("--array-parallelism", type=int, default=None, metavar="N",
                    help="at most N cells run at once (slurm: the array's %%N; local: N worker processes)")
     g.add_argument("--wait", action="store_true", help="block until every submitted cell has ended, showing progress")
