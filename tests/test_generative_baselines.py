@@ -347,9 +347,21 @@ def test_mnist_paper_budgets_are_the_authors_mnist_recipes():
 
 
 def test_every_method_resolves_a_paper_budget_on_mnist():
+    """Every method that can run on an MNIST LeNet-5 pair has a ``paper:mnist`` budget (SpaceshipNet's CAM
+    needs a resnet/wrn/vgg/CNN head and is refused up front instead)."""
+    from benchmark.config import NotApplicableError
+
+    resolved = 0
     for name in METHODS.list():
         pair = ("lenet5_bn", "lenet5_half_bn") if METHODS.get(name).requires_bn else ("lenet5", "lenet5_half")
-        assert resolve_cell(Cell(name, "mnist", *pair, budget="paper")).run_cfg.iterations >= 0
+        try:
+            cell = resolve_cell(Cell(name, "mnist", *pair, budget="paper"))
+        except NotApplicableError:
+            assert name == "spaceshipnet"
+            continue
+        assert cell.run_cfg.iterations >= 0
+        resolved += 1
+    assert resolved == len(METHODS.list()) - 1
 
 
 def test_adam_student_and_constant_lrs(teacher):
