@@ -6,11 +6,12 @@ Every bad input (unknown name, bad value, impossible combination, missing data) 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from pathlib import Path
 
 from . import launch as launch_mod
-from .config import ConfigError
+from .config import ConfigError, NotApplicableError
 from .data import DataError
 from .records import Cell, OutputLayout
 from .registry import DATASETS, METHODS, MODELS, UnknownNameError, load_plugins
@@ -19,6 +20,7 @@ from .tables import SpecError
 from .tables.expand import parse_sweeps, sweep_combinations
 
 EXIT_BAD_INPUT = 2
+DEFAULT_OUT = "runs"      # never the folder of the committed reference records (results/reference)
 
 
 class UsageError(Exception):
@@ -74,7 +76,8 @@ def add_io_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the datasets other than digits")
     p.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    p.add_argument("--out", default="results", help="output folder for records (default: results)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder for records (default: {DEFAULT_OUT}; the "
+                   "committed reference set lives apart, in results/reference)")
     p.add_argument("--teacher-cache", default=None, help="teacher checkpoint cache (default: OUT/teachers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -112,19 +115,46 @@ def cells_from_args(args: argparse.Namespace) -> list[Cell]:
             cells += [Cell(m, spec.name, teacher, student, seed, budget, overrides, args.teacher_ckpt)
                       for m in methods for overrides in combos for seed in seeds]
     cells = list(dict.fromkeys(cells))      # a pair named twice runs once
+    return resolve_or_skip(cells, args.methods)
+
+
+def resolve_or_skip(cells: list[Cell], methods_arg: str) -> list[Cell]:
+    """Resolve every cell (raises on any bad input). A method that cannot run with a cell's teacher (e.g.
+    it needs BatchNorm statistics and the teacher has none) is an error when the user named it; when it
+    came in through ``all`` or a pattern, its cells are left out with one note per method on stderr."""
+    named = {p.strip() for p in methods_arg.split(",")} - {"all"}
+    kept: list[Cell] = []
+    skipped: dict[str, str] = {}
     for cell in cells:
-        resolve_cell(cell)
-    return cells
+        try:
+            resolve_cell(cell)
+        except NotApplicableError as exc:
+            if cell.method in named:
+                raise
+            skipped.setdefault(cell.method, str(exc).split(";")[0])
+            continue
+        kept.append(cell)
+    for reason in skipped.values():
+        print(f"note: not applicable, skipped: {reason}", file=sys.stderr)
+    if not kept:
+        raise UsageError("no selected method applies to the chosen teacher(s)")
+    return kept
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
     from .env import resolve_device
 
     resolve_device(args.device)
+    tensorboard = getattr(args, "tensorboard", False)
+    if tensorboard:
+        from .progress import tensorboard_available
+
+        if not tensorboard_available():
+            raise UsageError("--tensorboard needs the tensorboard package (pip install -e '.[tensorboard]')")
     return RunOptions(out=Path(args.out), data_root=args.data_root, download=args.download, device=args.device,
                       force=getattr(args, "force", False),
                       teacher_cache=Path(args.teacher_cache) if args.teacher_cache else None,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, tensorboard=tensorboard)
 
 
 def check_data(args: argparse.Namespace, cells: list[Cell], dry_run: bool = False) -> None:
@@ -214,6 +244,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in MODELS.list(args.pattern):
             entry = MODELS.get(name)
             print(f"{name:14s} {entry.description}")
+    elif args.what == "profiles":
+        from .launch.resources import PROFILE_DIR, SLURM_DIR
+
+        for path in sorted(PROFILE_DIR.glob("*.toml")):
+            if fnmatch.fnmatchcase(path.stem, args.pattern):
+                print(f"{path.stem:14s} {path}")
+        print(f"local SLURM cluster scripts: {SLURM_DIR / 'start_local_slurm.sh'}, {SLURM_DIR / 'stop_local_slurm.sh'}")
     else:
         for name in DATASETS.list(args.pattern):
             s = DATASETS.get(name)
@@ -230,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_cell_arguments(p)
     add_io_arguments(p)
     p.add_argument("--force", action="store_true", help="rerun cells that already have a finished record")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write loss and accuracy curves as TensorBoard event files in OUT/<cell>/tensorboard "
+                        "(needs the optional tensorboard package)")
     launch_mod.add_arguments(p)
     p.set_defaults(func=cmd_run)
 
@@ -240,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_io_arguments(p)
     p.set_defaults(func=cmd_teacher)
 
-    p = sub.add_parser("list", help="list registered methods, models, datasets or paper tables")
-    p.add_argument("what", choices=["methods", "models", "datasets", "tables"])
+    p = sub.add_parser("list", help="list registered methods, models, datasets, paper tables or SLURM profiles")
+    p.add_argument("what", choices=["methods", "models", "datasets", "tables", "profiles"])
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'wrn*'")
     p.set_defaults(func=cmd_list)
 

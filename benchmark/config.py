@@ -13,6 +13,11 @@ from typing import Any
 from .checks import COUNT, POS_COUNT, ConfigError, check_ranges, choice, ranges
 
 
+class NotApplicableError(ConfigError):
+    """A method cannot run with a cell's teacher or dataset (e.g. it matches BatchNorm statistics and the
+    teacher has none). Found when the cell is resolved, before any teacher is trained."""
+
+
 @ranges(iterations=COUNT, eval_every=POS_COUNT, log_every=POS_COUNT, checkpoint_every=COUNT,
         eval_batch_size=POS_COUNT, quality_samples=COUNT, precision=choice("fp32", "bf16", "fp16", "auto"))
 @dataclasses.dataclass
@@ -34,7 +39,11 @@ class RunConfig:
     # with AMX/AVX512-BF16 or a CUDA GPU with bf16, fp16 on older GPUs, else fp32 (benchmark.env.resolve_precision);
     # the default since the digits check of docs/performance.md (CPSC-DFKD, 3 seeds: bf16 within the fp32 spread)
     precision: str = "auto"
-    channels_last: bool = False
+    # teacher, student (and the generative baselines' generator) weights and the test images in channels_last:
+    # speed only. Default since issue 13: on the digits pair (batch 128, 16x16, one thread) the teacher's
+    # forward pass took 21 ms instead of 32 (fp32, AVX2) and 6.5 instead of 19 (bf16, AMX); PyTorch's NCHW
+    # max-pooling alone was 10x slower than in channels_last (docs/performance.md)
+    channels_last: bool = True
     compile: bool = False
     cudnn_benchmark: bool = False
 

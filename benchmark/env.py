@@ -70,11 +70,37 @@ def git_state() -> tuple[str | None, bool | None]:
         return os.environ.get("DFKD_GIT_COMMIT"), None
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's marketing name (``model name`` in /proc/cpuinfo, ``sysctl machdep.cpu.brand_string`` on macOS),
+    else the architecture; the cost table prints it, so that "x86_64" never stands for a machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
+                return " ".join(value.split())
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        if out:
+            return out
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name (``torch.cuda.get_device_name``) or the CPU model."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+
+
 def environment(device: torch.device) -> dict:
     import torchvision
 
     commit, dirty = git_state()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = device_name(device)
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn as nn
 
-from .config import ConfigError
+from .config import ConfigError, NotApplicableError
 
 
 @dataclass
@@ -82,11 +82,12 @@ class DFKDMethod(abc.ABC):
 
     @classmethod
     def check_compatible(cls, teacher: nn.Module, dataset: Any) -> None:
-        """Raise ``ConfigError`` when this method cannot run with this teacher or dataset."""
+        """Raise ``NotApplicableError`` when this method cannot run with this teacher or dataset. Called when
+        a cell is resolved, with the teacher's architecture built on the meta device (no weights, no data):
+        decide from the structure only."""
         if cls.requires_bn and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in teacher.modules()):
-            raise ConfigError(
-                f"method {cls.name!r} needs the teacher's BatchNorm statistics, but teacher "
-                f"{type(teacher).__name__} has no BatchNorm layer"
+            raise NotApplicableError(
+                f"method {cls.name!r} needs the teacher's BatchNorm statistics, but the teacher has no BatchNorm layer"
             )
 
     @classmethod

@@ -8,6 +8,7 @@ writes ``record.json`` atomically.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import traceback
@@ -19,11 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import env
+from .build import build_method
 from .checks import SEED, check_ranges
-from .config import RunConfig, apply_overrides, split_overrides
+from .config import NotApplicableError, RunConfig, apply_overrides, split_overrides
 from .data import DatasetSpec
-from .method import DFKDMethod, MethodContext
+from .method import DFKDMethod
 from .models import check_model_fits, create_model
+from .progress import CellProgress
 from .records import Cell, OutputLayout, Record, atomic_torch_save, load_record, write_record
 from .registry import DATASETS, METHODS
 from .teachers import get_teacher
@@ -38,13 +41,14 @@ class NonFiniteLossError(RuntimeError):
 class RunOptions:
     """Where and how cells run; not part of a cell's identity."""
 
-    out: Path = Path("results")
+    out: Path = Path("runs")
     data_root: str | None = None
     download: bool = False
     device: str = "auto"
     force: bool = False
     teacher_cache: Path | None = None   # default <out>/teachers
-    progress: bool = True
+    progress: bool = True               # progress bars
+    tensorboard: bool = False           # TensorBoard curves in <out>/<cell_id>/tensorboard (benchmark.progress)
 
     def cache_dir(self) -> Path:
         return Path(self.teacher_cache) if self.teacher_cache else OutputLayout(self.out).teachers
@@ -59,6 +63,15 @@ class ResolvedCell:
     method_cfg: Any
 
 
+@functools.lru_cache(maxsize=64)
+def teacher_structure(arch: str, dataset: str) -> torch.nn.Module:
+    """The teacher's architecture on the meta device: its layers without weights or compute, for the
+    compatibility checks that must run before any teacher is trained or loaded."""
+    spec: DatasetSpec = DATASETS.get(dataset)
+    with torch.device("meta"):
+        return create_model(arch, spec.num_classes, spec.image_shape)
+
+
 def resolve_cell(cell: Cell) -> ResolvedCell:
     """Check every name and value of a cell and build its configs; raises ``ConfigError``/``KeyError``."""
     method_cls = METHODS.get(cell.method)
@@ -66,6 +79,17 @@ def resolve_cell(cell: Cell) -> ResolvedCell:
     SEED.check("seed", cell.seed)
     check_model_fits(cell.teacher, spec.image_shape)
     check_model_fits(cell.student, spec.image_shape)
+    try:
+        method_cls.check_compatible(teacher_structure(cell.teacher, spec.name), spec)
+    except NotApplicableError as exc:
+        hint = ""
+        if cell.teacher != spec.default_teacher:
+            try:
+                method_cls.check_compatible(teacher_structure(spec.default_teacher, spec.name), spec)
+                hint = f"; {cell.dataset}'s default pair {spec.default_teacher} -> {spec.default_student} fits"
+            except NotApplicableError:
+                pass
+        raise NotApplicableError(f"{exc} (teacher {cell.teacher!r} on {cell.dataset}){hint}") from None
     preset = method_cls.budget_overrides(cell.budget, cell.dataset, cell.teacher, cell.student)
     overrides = {**preset, **dict(cell.overrides)}
     run_over, method_over = split_overrides(overrides, method_cls.Config)
@@ -115,14 +139,18 @@ def run_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
         cell, data_free=resolved.method_cls.data_free, started_at=env.now(),
         config={"run": dataclasses.asdict(resolved.run_cfg), "method": dataclasses.asdict(resolved.method_cfg)},
         citation=resolved.method_cls.citation)
+    live = CellProgress(layout.progress(cell), {"cell_id": cell.cell_id, "method": cell.method,
+                                                "dataset": cell.dataset, "seed": cell.seed},
+                        resolved.run_cfg.iterations, options.tensorboard)
     try:
         record.env = env.environment(device)
-        _execute(resolved, options, device, layout, record)
+        _execute(resolved, options, device, layout, record, live)
         record.status = "done"
     except Exception as exc:  # the failure is recorded; other cells go on
         record.status = "failed"
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         record.traceback = traceback.format_exc()
+    live.close(record.status)
     record.finished_at = env.now()
     record.peak_memory_mb = env.peak_memory_mb(device)
     write_record(options.out, record)     # a failure never replaces a done record (last_failure.json)
@@ -132,7 +160,7 @@ def run_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
 
 
 def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, layout: OutputLayout,
-             record: Record) -> None:
+             record: Record, live: CellProgress) -> None:
     cell, spec, run_cfg, method_cls = resolved.cell, resolved.spec, resolved.run_cfg, resolved.method_cls
     precision = env.resolve_precision(run_cfg.precision, device)
     record.config["run"]["precision_resolved"] = precision
@@ -150,18 +178,9 @@ def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, 
 
     # Re-seed so that the student and method do not depend on whether the teacher was trained or cached.
     env.seed_everything(cell.seed + 1)
-    student = method_cls.make_student(teacher, lambda: create_model(cell.student, spec.num_classes, spec.image_shape))
-    student = student.to(device)
-    if run_cfg.channels_last:
-        teacher.to(memory_format=torch.channels_last)
-        student.to(memory_format=torch.channels_last)
-    ctx = MethodContext(
-        teacher=torch.compile(teacher) if run_cfg.compile else teacher,
-        student=student, dataset=spec, device=device, iterations=run_cfg.iterations, precision=precision,
-        real_train_data=(lambda: spec.load("train", options.data_root, options.download)),
-        channels_last=run_cfg.channels_last,
-    )
-    method = method_cls(ctx, resolved.method_cfg)
+    method = build_method(method_cls, teacher, cell.student, spec, device, resolved.method_cfg, run_cfg,
+                          real_train_data=lambda: spec.load("train", options.data_root, options.download))
+    student = method.student
 
     start_it, elapsed, train_elapsed = 0, 0.0, 0.0
     curve: list[dict] = []
@@ -175,8 +194,12 @@ def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, 
         curve, loss_curve = state["curve"], state["loss_curve"]
         record.resumed_from = start_it
 
+    live.start(start_it, elapsed)
+
     def snapshot(iteration: int, acc: float) -> dict:
-        return {"iteration": iteration, "acc": acc, "wall_time_s": elapsed, **method.counters}
+        point = {"iteration": iteration, "acc": acc, "wall_time_s": elapsed, **method.counters}
+        live.evaluated(iteration, acc, method.counters)
+        return point
 
     if not curve:
         curve.append(snapshot(0, evaluate(student, test_set, device, run_cfg.eval_batch_size, run_cfg.channels_last)))
@@ -201,6 +224,7 @@ def _execute(resolved: ResolvedCell, options: RunOptions, device: torch.device, 
                 raise NonFiniteLossError(f"non-finite loss {', '.join(bad)} by iteration {done}; the run diverged")
             last_losses = {"iteration": done, **means}
             loss_curve.append(last_losses)
+            live.logged(done, means)
             sums, count = {}, 0
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:4]} | {"acc": f"{curve[-1]['acc']:.1f}"})
         train_elapsed += time.perf_counter() - t_iter

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from .progress import describe, read_progress, writer_alive
 from .records import Cell, OutputLayout, iter_records, read_record
 
 STATES = ("done", "running", "pending", "failed", "missing")
@@ -53,6 +54,7 @@ class CellStatus:
     error: str | None = None
     log: str | None = None
     record: str | None = None
+    progress: dict | None = None      # the cell's progress.json (benchmark.progress) while it runs, or its last point
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -272,6 +274,19 @@ def collect(out: Path, cells: Iterable[Cell] | None = None, include_grid: bool =
                            and (info.get("started_at") or "") >= (sub.get("submitted_at") or ""))
                 ended = started and rec is not None and (rec.get("started_at") or "") >= info["started_at"]
                 live = None if ended else ("running" if started else "pending")
+        prog = read_progress(layout.progress(cell_id))
+        if prog is not None and not (rec is not None and (rec.get("started_at") or "") > (prog.get("started_at") or "")):
+            st.progress = prog        # (a progress file older than the cell's record belongs to an earlier run)
+            if sub is None and prog.get("state") == "running":      # inline runs: only the progress file knows
+                alive = writer_alive(prog)
+                if alive or (alive is None and _recent(prog.get("updated_at"))):
+                    live, job_state = "running", f"RUNNING (pid {prog.get('pid')} on {prog.get('host')})"
+                elif rec is None and alive is False:
+                    st.state, st.job_state = "failed", "ENDED"
+                    st.error = (f"process {prog.get('pid')} ended without a record; last progress: "
+                                f"{describe(prog)}")
+                    result.append(st)
+                    continue
         st.job_state = job_state
         if info.get("stderr") and (not sub or info.get("job_id") == st.job_id):
             st.log = info["stderr"]
@@ -303,6 +318,17 @@ def collect(out: Path, cells: Iterable[Cell] | None = None, include_grid: bool =
     return sorted(result, key=lambda s: (STATES.index(s.state), s.cell_id))
 
 
+def _recent(stamp: str | None, within_s: float = 3600.0) -> bool:
+    """Whether an ISO time stamp (``env.now()``) lies within the last ``within_s`` seconds."""
+    import datetime
+
+    try:
+        then = datetime.datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return False
+    return (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds() < within_s
+
+
 def count(states: Iterable[CellStatus]) -> Counter:
     return Counter(s.state for s in states)
 
@@ -332,8 +358,9 @@ def command(args: argparse.Namespace) -> int:
     print(f"{out}: {len(states)} cells: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in STATES))
     rows = [s for s in states if args.all or s.state != "done"]
     if rows:
-        header = ("state", "cell", "job", "job state")
-        table = [header] + [(s.state, s.cell_id, s.job_id or "-", s.job_state or "-") for s in rows]
+        header = ("state", "cell", "job", "job state", "progress")
+        table = [header] + [(s.state, s.cell_id, s.job_id or "-", s.job_state or "-",
+                             describe(s.progress) if s.progress else "-") for s in rows]
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         for i, row in enumerate(table):
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())

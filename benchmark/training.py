@@ -1,6 +1,7 @@
 """Small training utilities shared by teacher training, the reference rows and evaluation."""
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -46,25 +47,60 @@ def evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int = 
     return 100.0 * correct / max(total, 1)
 
 
+def crop_padding(image_shape: tuple[int, ...]) -> int:
+    """Padding of the random-crop augmentation: 4 px (the released CIFAR transforms), 2 px below 32 px."""
+    return 4 if min(image_shape[-2:]) >= 32 else 2
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator | None = None,
+                     rng_device: torch.device | str | None = None) -> torch.Tensor:
+    """Per-sample random crop from a zero-padded image (torchvision ``RandomCrop(size, padding)`` / kornia
+    ``RandomCrop``) and, if ``flip``, a per-sample horizontal flip with probability 1/2; batched and
+    differentiable (the one crop-and-flip of the project: teachers, reference rows and the methods).
+
+    The offsets and flips are drawn from ``generator`` (on its device), else from the default generator of
+    ``rng_device`` (default: ``x``'s device)."""
+    b, c, h, w = x.shape
+    dev = generator.device if generator is not None else torch.device(rng_device or x.device)
+    out = x
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        wp = w + 2 * pad
+        dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=generator, device=dev).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=generator, device=dev).to(x.device)
+        rows = torch.arange(h, device=x.device).view(1, h, 1) + dy
+        cols = torch.arange(w, device=x.device).view(1, 1, w) + dx
+        index = (rows * wp + cols).view(b, 1, h * w).expand(b, c, h * w)
+        out = padded.flatten(2).gather(2, index).view(b, c, h, w)
+    if flip:
+        mask = (torch.rand(b, 1, 1, 1, generator=generator, device=dev) < 0.5).to(x.device)
+        out = torch.where(mask, out.flip(3), out)
+    return out
+
+
 def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random translation (zero-padded crop, pad 4 px, 2 px below 32 px) and optional horizontal flip,
-    done on a whole batch at once."""
+    """The datasets' training augmentation by name (``none``, ``crop``, ``crop+flip``): ``random_crop_flip``
+    with the dataset's padding; without a generator the draws come from the CPU's default generator."""
     if mode == "none":
         return x
-    b, c, h, w = x.shape
-    pad = 4 if min(h, w) >= 32 else 2
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (torch.arange(h)[None, :] + dy[:, None]).to(x.device)      # [b, h]
-    cols = (torch.arange(w)[None, :] + dx[:, None]).to(x.device)      # [b, w]
-    bidx = torch.arange(b, device=x.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    if "flip" in mode:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-        out = torch.where(flip[:, None, None, None], out.flip(3), out)
-    return out.contiguous()
+    return random_crop_flip(x, crop_padding(x.shape), "flip" in mode, generator, rng_device="cpu").contiguous()
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int = 0, eta_min_ratio: float = 0.0):
+    """The one cosine schedule: linear warm-up over ``warmup`` steps, then cosine decay to ``eta_min_ratio`` x
+    the base LR at step ``total`` (``CosineAnnealingLR(T_max=total, eta_min)`` in closed form, then flat)."""
+    total = max(total, 1)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(total - warmup, 1))
+        return eta_min_ratio + (1 - eta_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def cosine_lr(optimizer: torch.optim.Optimizer, total_steps: int, eta_min: float = 0.0):
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=eta_min)
+    """Cosine decay to the absolute learning rate ``eta_min`` over ``total_steps`` (``cosine_schedule``)."""
+    base = optimizer.param_groups[0]["lr"]
+    return cosine_schedule(optimizer, total_steps, 0, eta_min / base if base else 0.0)

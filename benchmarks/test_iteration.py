@@ -32,9 +32,9 @@ import torch
 
 import methods  # noqa: F401  (registers every method)
 from benchmark import env
+from benchmark.build import build_method
 from benchmark.config import ConfigError
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
@@ -90,15 +90,9 @@ def build_iteration(method_name: str, pair: str, precision: str, device: torch.d
     teacher.eval()
     teacher.requires_grad_(False)                  # as benchmark.teachers.freeze
     cls.check_compatible(teacher, spec)
-    student = cls.make_student(teacher, lambda: create_model(student_arch, spec.num_classes, spec.image_shape)).to(device)
-    if run_cfg.channels_last:
-        teacher.to(memory_format=torch.channels_last)
-        student.to(memory_format=torch.channels_last)
     real = (lambda: spec.load("train")) if not spec.needs_root else (lambda: _fake_real_data(spec))
-    ctx = MethodContext(teacher=torch.compile(teacher) if run_cfg.compile else teacher, student=student,
-                        dataset=spec, device=device, iterations=SCHEDULE_ITERATIONS, precision=resolved_precision,
-                        real_train_data=real, channels_last=run_cfg.channels_last)
-    method = cls(ctx, resolved.method_cfg)
+    method = build_method(cls, teacher, student_arch, spec, device, resolved.method_cfg, run_cfg,
+                          iterations=SCHEDULE_ITERATIONS, real_train_data=real)
     state = {"it": 0}
 
     def iteration():

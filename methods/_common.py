@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import torch.nn as nn
 
 from benchmark.registry import METHODS
+from benchmark.training import cosine_schedule as warmup_cosine  # noqa: F401  (the one cosine schedule)
 
 
 def register_method(name: str):
@@ -18,19 +18,6 @@ def register_method(name: str):
         return METHODS.add(name, cls)
 
     return add
-
-
-def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int = 0, eta_min_ratio: float = 0.0):
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``eta_min_ratio`` x the base LR at ``total``."""
-    total = max(total, 1)
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(total - warmup, 1))
-        return eta_min_ratio + (1 - eta_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @contextlib.contextmanager

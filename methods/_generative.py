@@ -26,7 +26,8 @@ from ._common import batch_statistics, eval_mode, no_param_grad, warmup_cosine
 
 @ranges(batch_size=POS_COUNT, synthesis_batch_size=COUNT, nz=POS_COUNT, ngf=POS_COUNT, generator_width=POS_COUNT,
         g_steps=COUNT, s_steps=POS_COUNT, lr_g=POSITIVE, beta1_g=BETA, beta2_g=BETA, lr_s=POSITIVE, momentum=BETA,
-        weight_decay=NONNEG, eta_min_ratio=FRACTION, sample_mode=choice("eval", "train"))
+        weight_decay=NONNEG, eta_min_ratio=FRACTION, sample_mode=choice("eval", "train"),
+        optimizer_s=choice("sgd", "adam"))
 @dataclass
 class GenerativeConfig:
     """Loop and optimiser settings shared by the four methods; the defaults are the DataFree library's
@@ -43,9 +44,11 @@ class GenerativeConfig:
     beta1_g: float = 0.5
     beta2_g: float = 0.999
     lr_s: float = 0.1
+    optimizer_s: str = "sgd"        # sgd (with momentum) | adam (betas 0.9, 0.999; DAFL's MNIST recipe)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    eta_min_ratio: float = 0.0      # cosine floor as a fraction of lr_s (CMI: 0; Fast-Datafree: 2e-4 / 0.1)
+    # cosine floor as a fraction of lr_s (CMI: 0; Fast-Datafree: 2e-4 / 0.1); 1 keeps the LRs constant
+    eta_min_ratio: float = 0.0
     # decay lr_g with the student's schedule: the DataFree library keeps it constant (False); DFAD's README
     # command (--scheduler: both LRs x0.1 at the same epochs) and ZSKT's paper (both cosine-annealed) decay it
     decay_lr_g: bool = False
@@ -85,6 +88,8 @@ class GenerativeBaseline(DFKDMethod):
         self.num_classes = spec.num_classes
         self.generator = self.track("generator", DataFreeGenerator(
             spec.image_shape, cfg.nz, cfg.ngf, cfg.generator_width, spec.mean, spec.std).to(self.device))
+        if ctx.channels_last:      # speed only: its convolutions then run in the teacher's and student's layout
+            self.generator.to(memory_format=torch.channels_last)
         self.opt_g = self.track("opt_g", torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g,
                                                           betas=(cfg.beta1_g, cfg.beta2_g)))
         self.opt_s = self.track("opt_s", self.make_student_optimizer())
@@ -94,6 +99,8 @@ class GenerativeBaseline(DFKDMethod):
 
     def make_student_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
+        if c.optimizer_s == "adam":
+            return torch.optim.Adam(self.student.parameters(), lr=c.lr_s, weight_decay=c.weight_decay)
         return torch.optim.SGD(self.student.parameters(), lr=c.lr_s, momentum=c.momentum, weight_decay=c.weight_decay)
 
     # ---- what a method defines ----------------------------------------------------------------------

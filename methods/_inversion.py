@@ -36,6 +36,7 @@ from benchmark.checks import BETA, COUNT, NONNEG, POSITIVE, POS_COUNT, choice, r
 from benchmark.config import ConfigError
 from benchmark.losses import kd_kl
 from benchmark.method import DFKDMethod
+from benchmark.training import cosine_lr, crop_padding, random_crop_flip  # noqa: F401  (re-exported)
 
 # ----------------------------------------------------------------------------------------------------------
 # image pool
@@ -127,31 +128,6 @@ class ImagePool:
 # ----------------------------------------------------------------------------------------------------------
 # augmentations (batched, on the device, differentiable)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def crop_padding(image_shape: tuple[int, ...]) -> int:
-    """Padding of the random-crop augmentation: 4 px (the released CIFAR transforms), 2 px below 32 px."""
-    return 4 if min(image_shape[-2:]) >= 32 else 2
-
-
-def random_crop_flip(x: torch.Tensor, pad: int, flip: bool) -> torch.Tensor:
-    """Per-sample random crop from a zero-padded image (torchvision ``RandomCrop(size, padding)`` / kornia
-    ``RandomCrop``) and, if ``flip``, a per-sample horizontal flip with probability 1/2."""
-    b, c, h, w = x.shape
-    out = x
-    if pad > 0:
-        padded = F.pad(x, (pad, pad, pad, pad))
-        wp = w + 2 * pad
-        dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=x.device)
-        dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=x.device)
-        rows = torch.arange(h, device=x.device).view(1, h, 1) + dy
-        cols = torch.arange(w, device=x.device).view(1, 1, w) + dx
-        index = (rows * wp + cols).view(b, 1, h * w).expand(b, c, h * w)
-        out = padded.flatten(2).gather(2, index).view(b, c, h, w)
-    if flip:
-        mask = torch.rand(b, 1, 1, 1, device=x.device) < 0.5
-        out = torch.where(mask, out.flip(3), out)
-    return out
 
 
 def random_resized_crop(x: torch.Tensor, scale: tuple[float, float] = (0.25, 1.0),
@@ -305,11 +281,7 @@ def reset_first_layer(model: nn.Module) -> None:
 
 def cosine_to(optimizer: torch.optim.Optimizer, total: int, eta_min: float) -> torch.optim.lr_scheduler.LambdaLR:
     """``CosineAnnealingLR(T_max=total, eta_min)`` in closed form (stepped once per training round)."""
-    base = optimizer.param_groups[0]["lr"]
-    ratio = eta_min / base if base else 0.0
-    total = max(total, 1)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    return cosine_lr(optimizer, total, eta_min)
 
 
 class PoolDistillation(DFKDMethod):

@@ -162,3 +162,42 @@ def test_teacher_checkpoint_round_trip_and_mismatch(tmp_path, teacher_cache, cap
     corrupt.write_bytes(b"not a checkpoint")
     code, _, err = run_main(["run", "--methods", "cpsc-dfkd", "--teacher-ckpt", str(corrupt), "--out", str(tmp_path / "o3")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "o3").exists()
+
+
+# ---- a method that cannot run with the teacher (BatchNorm statistics) ----------------------------------------
+
+def test_bn_method_with_a_bn_free_teacher_fails_before_any_teacher_or_write(tmp_path, capsys):
+    out, cache = tmp_path / "out", tmp_path / "teachers"
+    code, _, err = run_main(["run", "--methods", "cpsc-dfkd", "--dataset", "mnist", "--teacher", "lenet5",
+                             "--student", "lenet5_half", "--data-root", str(tmp_path / "nowhere"), "--out", str(out),
+                             "--teacher-cache", str(cache)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "BatchNorm" in err and "lenet5" in err
+    assert not out.exists() and not cache.exists()
+
+
+def test_methods_all_leaves_out_the_not_applicable_ones_with_a_note(capsys):
+    from benchmark.cli import build_parser, cells_from_args
+    from benchmark.registry import METHODS
+
+    args = build_parser().parse_args(["run", "--methods", "all", "--dataset", "mnist", "--teacher", "lenet5",
+                                      "--student", "lenet5_half"])
+    cells = cells_from_args(args)
+    err = capsys.readouterr().err
+    needs_bn = {n for n in METHODS.list() if METHODS.get(n).requires_bn}
+    assert needs_bn and {"dafl", "kd-real", "teacher"} <= {c.method for c in cells}
+    assert not needs_bn & {c.method for c in cells}
+    notes = [line for line in err.splitlines() if line.startswith("note: not applicable")]
+    assert len(notes) == len(needs_bn) and all(any(f"'{n}'" in line for line in notes) for n in needs_bn)
+    # a pattern behaves like 'all'; a plain name is an error
+    args = build_parser().parse_args(["run", "--methods", "dafl,fast*", "--dataset", "mnist", "--teacher", "lenet5",
+                                      "--student", "lenet5_half"])
+    assert [c.method for c in cells_from_args(args)] == ["dafl"]
+
+
+def test_spaceshipnet_is_not_applicable_to_lenet_before_any_teacher(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_main(["run", "--methods", "spaceshipnet", "--dataset", "mnist", "--data-root",
+                             str(tmp_path / "nowhere"), "--out", str(out)], capsys)
+    assert code == 2 and "LeNet5 is not supported" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -139,6 +139,19 @@ def test_sample_is_the_batch_a_student_step_sees():
         assert not torch.allclose(m.generator(z, y), x)
 
 
+def test_generator_ce_weight_eta_g_is_separate_from_the_students():
+    m = make({"eta": 0.7, "eta_g": 0.0})
+    assert "g_ce" not in m.generator_step() and "s_ce" in m.student_step()
+    torch.manual_seed(1)
+    a = make({"eta_g": 2.0}).generator_step()["g_ce"]
+    torch.manual_seed(1)
+    b = make({"eta_g": None, "eta": 1.0}).generator_step()["g_ce"]
+    assert torch.allclose(a, 2.0 * b)
+    assert "s_ce" not in make({"eta": 0.0, "eta_g": 1.0}).student_step()
+    with pytest.raises(Exception):
+        dataclasses.replace(METHODS.get("cpsc-dfkd").Config(), eta_g="x").validate()
+
+
 def test_adapter_bridges_feature_sizes_and_is_frozen():
     m = make()
     assert m.student.feature_dim != m.teacher.feature_dim

@@ -41,7 +41,7 @@ def _tree(path) -> list[str]:
 
 def test_registered_specs_are_consistent():
     assert set(ROOT_SETS) | {"digits"} <= set(DATASETS.list())
-    expected = {"mnist": (10, (1, 32, 32), "lenet5", "lenet5_half"),
+    expected = {"mnist": (10, (1, 32, 32), "lenet5_bn", "lenet5_half_bn"),
                 "svhn": (10, (3, 32, 32), "resnet34", "resnet18"),
                 "cifar10": (10, (3, 32, 32), "resnet34", "resnet18"),
                 "cifar100": (100, (3, 32, 32), "resnet34", "resnet18"),

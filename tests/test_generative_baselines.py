@@ -327,3 +327,42 @@ def test_paper_presets(name):
     r = resolve_cell(Cell(name, "cifar100", "resnet34", "resnet18", budget="paper"))
     assert r.method_cfg.lr_s == (0.05 if name == "dfq" else 0.1)
     assert resolve_cell(Cell(name, "cifar10", "resnet34", "resnet18", budget="paper")).method_cfg.lr_s == 0.1
+
+
+def test_mnist_paper_budgets_are_the_authors_mnist_recipes():
+    import math
+
+    r = resolve_cell(Cell("dafl", "mnist", "lenet5", "lenet5_half", budget="paper"))
+    c = r.method_cfg
+    assert r.run_cfg.iterations == 200 * 120 and (c.batch_size, c.g_steps, c.s_steps) == (512, 1, 1)
+    assert (c.lr_g, c.beta1_g, c.lr_s, c.optimizer_s) == (0.2, 0.9, 2e-3, "adam")
+    assert (c.weight_decay, c.eta_min_ratio) == (0.0, 1.0)
+    assert (c.nz, c.oh, c.act, c.temperature) == (100, 1.0, 0.1, 1.0)
+    assert c.balance == pytest.approx(5 / math.log(10))       # ie 5 with log10
+    r = resolve_cell(Cell("dfad", "mnist", "lenet5", "lenet5_half", budget="paper"))
+    c = r.method_cfg
+    assert r.run_cfg.iterations == 40 * 50 and (c.batch_size, c.g_steps, c.s_steps, c.nz) == (512, 1, 5, 100)
+    assert (c.lr_s, c.optimizer_s, c.momentum, c.weight_decay) == (0.01, "sgd", 0.9, 1e-4)
+    assert (c.lr_g, c.eta_min_ratio) == (1e-3, 1.0)
+
+
+def test_every_method_resolves_a_paper_budget_on_mnist():
+    for name in METHODS.list():
+        pair = ("lenet5_bn", "lenet5_half_bn") if METHODS.get(name).requires_bn else ("lenet5", "lenet5_half")
+        assert resolve_cell(Cell(name, "mnist", *pair, budget="paper")).run_cfg.iterations >= 0
+
+
+def test_adam_student_and_constant_lrs(teacher):
+    method = build("dafl", teacher, iterations=4, optimizer_s="adam", lr_s=2e-3, weight_decay=0.0, eta_min_ratio=1.0)
+    assert isinstance(method.opt_s, torch.optim.Adam)
+    before = [p.detach().clone() for p in method.student.parameters()]
+    for i in range(2):
+        method.train_iteration(i)
+    assert method.opt_s.param_groups[0]["lr"] == pytest.approx(2e-3)
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.student.parameters()))
+    from benchmark.checks import check_ranges
+
+    with pytest.raises(ConfigError, match="optimizer_s"):
+        check_ranges(dataclasses.replace(METHODS.get("dafl").Config(), optimizer_s="lbfgs"))
+    with pytest.raises(ConfigError, match="eta_min_ratio"):
+        check_ranges(dataclasses.replace(METHODS.get("dafl").Config(), eta_min_ratio=1.5))

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 import methods  # noqa: F401
+from benchmark.build import build_method
 from benchmark.config import ConfigError
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
-from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
 from benchmark.runner import RunOptions, resolve_cell, run_cell
@@ -40,12 +39,9 @@ def test_smoke_budget_learns(name, tmp_path, teacher_cache, digits_teacher):
     assert (tmp_path / cell.cell_id / "record.json").exists()
 
 
-def _context(name, teacher, iterations=10):
-    spec = get_dataset("digits")
-    cls = METHODS.get(name)
-    student = cls.make_student(teacher, lambda: create_model("cnn_narrow", 10, spec.image_shape))
-    return MethodContext(teacher=teacher, student=student, dataset=spec, device=torch.device("cpu"),
-                         iterations=iterations, real_train_data=lambda: spec.load("train"))
+def _build(name, teacher, cfg, iterations=10):
+    return build_method(name, teacher, "cnn_narrow", get_dataset("digits"), torch.device("cpu"), cfg,
+                        iterations=iterations)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -56,7 +52,7 @@ def test_state_dict_round_trip_continues_identically(name, digits_teacher):
     resolved = resolve_cell(Cell(name, "digits", "cnn_wide", "cnn_narrow", budget="smoke"))
     cfg = resolved.method_cfg
     torch.manual_seed(0)
-    method = resolved.method_cls(_context(name, teacher), cfg)
+    method = _build(name, teacher, cfg)
     for it in range(2):
         method.train_iteration(it)
     state = copy.deepcopy(method.state_dict())
@@ -66,7 +62,7 @@ def test_state_dict_round_trip_continues_identically(name, digits_teacher):
     expected = copy.deepcopy(method.student.state_dict())
 
     torch.manual_seed(123)
-    fresh = resolved.method_cls(_context(name, teacher), cfg)
+    fresh = _build(name, teacher, cfg)
     fresh.load_state_dict(state)
     torch.set_rng_state(rng)
     for it in range(2, 4):

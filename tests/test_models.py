@@ -18,7 +18,8 @@ def _one_thread():
     torch.set_num_threads(saved)
 
 
-ZOO = ("resnet18", "resnet34", "vgg11", "wrn16_1", "wrn16_2", "wrn40_1", "wrn40_2", "lenet5", "lenet5_half")
+ZOO = ("resnet18", "resnet34", "vgg11", "wrn16_1", "wrn16_2", "wrn40_1", "wrn40_2", "lenet5", "lenet5_half",
+       "lenet5_bn", "lenet5_half_bn")
 
 
 def test_zoo_is_registered():
@@ -56,7 +57,7 @@ def test_training_mode_backward():
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ("lenet5", "lenet5_half"))
+@pytest.mark.parametrize("name", ("lenet5", "lenet5_half", "lenet5_bn", "lenet5_half_bn"))
 def test_lenet_is_one_channel_and_needs_32px(name):
     with pytest.raises(ConfigError, match="1-channel"):
         check_model_fits(name, (3, 32, 32))
@@ -70,6 +71,8 @@ def test_feature_dims_and_parameter_counts():
         "resnet18": (512, 11_173_962), "resnet34": (512, 21_282_122), "vgg11": (512, 9_231_114),
         "wrn16_1": (64, 175_066), "wrn16_2": (128, 691_674), "wrn40_1": (64, 563_930), "wrn40_2": (128, 2_243_546),
         "lenet5": (120, 61_706), "lenet5_half": (60, 15_738),
+        # + a BatchNorm2d (2 parameters per channel) after each conv: 2 * (6 + 16 + 120), 2 * (3 + 8 + 60)
+        "lenet5_bn": (120, 61_706 + 284), "lenet5_half_bn": (60, 15_738 + 142),
     }
     for name, (dim, params) in expected.items():
         c = 1 if name.startswith("lenet") else 3
@@ -193,3 +196,10 @@ def test_vgg_pools_once_more_at_64px():
         model(torch.randn(1, 3, 64, 64))
         model(torch.randn(1, 3, 32, 32))
     assert seen == [4, 4]
+
+
+def test_lenet_bn_variants_have_batchnorm_and_the_plain_ones_none():
+    def has_bn(name):
+        return any(isinstance(m, torch.nn.BatchNorm2d) for m in create_model(name, 10, (1, 32, 32)).modules())
+    assert has_bn("lenet5_bn") and has_bn("lenet5_half_bn")
+    assert not has_bn("lenet5") and not has_bn("lenet5_half")

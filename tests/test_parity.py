@@ -214,3 +214,56 @@ def test_matches_released_code(method, tmp_path):
     assert result["problem"]["steps"] == 5 and result["terms"] and result["params"]
     assert all(t["rel"] <= 1e-4 or t["abs"] <= 1e-9 for t in result["terms"].values())
     assert adapter(method).REPO.split("/")[1] in result["reference"]["repo"]
+
+
+def test_cmi_kornia_views_option_runs():
+    """The compatibility option that the cmi parity needs: both views through kornia, as released."""
+    pytest.importorskip("kornia")
+    from benchmark.config import apply_overrides
+    from benchmark.data import get_dataset
+    from benchmark.method import MethodContext
+    from benchmark.models import create_model
+    from benchmark.registry import METHODS
+    import methods  # noqa: F401
+
+    spec = get_dataset("digits")
+    torch.manual_seed(0)
+    teacher = create_model("cnn_narrow", 10, spec.image_shape).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    ctx = MethodContext(teacher=teacher, student=create_model("cnn_narrow", 10, spec.image_shape), dataset=spec,
+                        device=torch.device("cpu"), iterations=1)
+    cls = METHODS.get("cmi")
+    cfg = apply_overrides(cls.Config(), {"batch_size": 8, "g_steps": 2, "kd_steps": 1, "ngf": 8, "bank_size": 64,
+                                         "n_neg": 8, "kornia_augment": True})
+    method = cls(ctx, cfg)
+    logs = method.train_iteration(0)
+    assert {"g_bn", "g_oh", "g_adv", "g_cr", "s_kd"} <= set(logs) and len(method.pool) == 8
+    assert all(torch.isfinite(v) for v in logs.values())
+
+
+def test_markdown_report_lists_terms_groups_and_uncompared_methods(toy_root):
+    import argparse
+
+    from benchmark.parity import NOT_COMPARED
+    from benchmark.parity.report import markdown
+
+    result = run(toy_adapter(), tiny_problem(), toy_root)
+    args = argparse.Namespace(pair="a:b", batch=4, dtype="float64", seed=0)
+    text = markdown([result], {}, args, {"toy": ["why it differs"]})
+    assert "## `toy`" in text and "| loss `mse` (5 steps) |" in text and "| parameters `model.weight` after K |" in text
+    assert "`0123abc`" in text and "- why it differs" in text
+    assert "## Not compared yet" in text and all(f"- `{m}`" in text for m in NOT_COMPARED)
+
+
+def test_report_from_json_files(toy_root, tmp_path):
+    from benchmark.parity.core import write_json
+
+    result = run(toy_adapter(), tiny_problem(), toy_root)
+    path = tmp_path / "toy.json"
+    write_json(path, [result.to_dict() | {"defaults": None, "default_error": "draws differ", "explanations": ["x"]}])
+    md = tmp_path / "fidelity.md"
+    assert main(["parity", "--from-json", str(path), "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert "## `toy`" in text and "Cannot be compared step by step: draws differ" in text
+    assert main(["parity", "--from-json", str(tmp_path / "missing.json"), "--markdown", str(md)]) == 2

@@ -121,3 +121,64 @@ def test_reference_row_paper_presets():
     r = resolve_cell(Cell("kd-real", "cifar100", "resnet34", "resnet18", budget="paper"))
     assert r.run_cfg.iterations == 200 * 391 and r.method_cfg.temperature == 1.0 and r.method_cfg.hard_weight == 0.1
     assert resolve_cell(Cell("teacher", "cifar100", "vgg11", "resnet18", budget="paper")).run_cfg.iterations == 0
+
+
+# ---- MNIST: the BN-free LeNet-5 pair -----------------------------------------------------------------------
+
+def test_mnist_real_rows_use_the_dafl_authors_recipe():
+    for name in ("student-real", "kd-real"):
+        for budget in ("default", "paper"):
+            r = resolve_cell(Cell(name, "mnist", "lenet5", "lenet5_half", budget=budget))
+            c = r.method_cfg
+            assert (c.optimizer, c.lr, c.batch_size, c.weight_decay, c.schedule) == ("adam", 1e-3, 256, 0.0, "constant")
+            assert r.run_cfg.iterations == 9 * 235
+    # digits keeps its SGD recipe
+    digits = resolve_cell(Cell("kd-real", "digits", "cnn_wide", "cnn_narrow", budget="default"))
+    assert digits.method_cfg.optimizer == "sgd"
+
+
+def test_kd_real_learns_on_the_bn_free_lenet_pair():
+    """kd-real on MNIST's LeNet-5 -> LeNet-5-half (no BatchNorm) with its default budget's optimiser.
+
+    A confident BN-free teacher (logit range ~30) made the digits recipe (SGD lr 0.05, momentum 0.9, T = 4)
+    kill every ReLU of the student's second conv within ~40 steps: constant output, CE = ln 10. Tiny
+    separable data made here (10 smoothed random prototypes plus noise, 32x32)."""
+    import torch.nn.functional as F
+
+    from benchmark.teachers import freeze
+
+    gen = torch.Generator().manual_seed(0)
+    protos = F.interpolate(torch.randn(10, 1, 8, 8, generator=gen), size=(32, 32), mode="bilinear") * 1.5
+
+    def make(n):
+        y = torch.arange(n) % 10
+        return protos[y] + 0.8 * torch.randn(n, 1, 32, 32, generator=gen), y
+
+    (x_train, y_train), (x_test, y_test) = make(1280), make(300)
+    torch.manual_seed(0)
+    teacher = create_model("lenet5", 10, (1, 32, 32))
+    opt = torch.optim.Adam(teacher.parameters(), 1e-3)
+    for _ in range(200):
+        i = torch.randint(0, len(y_train), (64,), generator=gen)
+        loss = F.cross_entropy(teacher(x_train[i]), y_train[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    freeze(teacher)
+    with torch.no_grad():
+        t_logits = teacher(x_test)
+    assert (t_logits.argmax(1) == y_test).float().mean() > 0.95
+    assert (t_logits.amax(1) - t_logits.amin(1)).mean() > 15       # confident, like a trained LeNet-5
+
+    cfg = resolve_cell(Cell("kd-real", "mnist", "lenet5", "lenet5_half", budget="default")).method_cfg
+    student = create_model("lenet5_half", 10, (1, 32, 32))
+    ctx = MethodContext(teacher=teacher, student=student, dataset=get_dataset("mnist"), device=torch.device("cpu"),
+                        iterations=80, real_train_data=lambda: torch.utils.data.TensorDataset(x_train, y_train))
+    method = METHODS.get("kd-real")(ctx, cfg)
+    for it in range(80):
+        method.train_iteration(it)
+    student.eval()
+    with torch.no_grad():
+        s_logits = student(x_test)
+    assert s_logits.std(0).mean() > 1.0                                # not a constant output
+    assert (s_logits.argmax(1) == y_test).float().mean() > 0.9

@@ -23,6 +23,7 @@ from scipy import stats
 from benchmark.report import (ReportError, accuracy_table, add_arguments, command, cost_table, equal_cost,
                               equal_cost_table, load_published, load_records, quality_table, render_csv,
                               render_latex, render_markdown, write_figures)
+from benchmark.report.load import mixed_runs
 from benchmark.report.published import PUBLISHED_CSV
 from benchmark.report.tables import Column, fmt_num
 
@@ -363,3 +364,47 @@ def test_command_bad_input_fails_with_one_line(tmp_path, capsys, case):
     err_lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
     assert len(err_lines) == 1
     assert not (tmp_path / "report").exists() and not (tmp_path / "r").exists()
+
+
+# ---- runs kept apart (issue 11) ---------------------------------------------------------------------------
+
+def test_the_same_cell_under_two_ids_is_never_averaged_with_itself(tmp_path):
+    for d in RUNS.glob("digits-*-cmi-*"):
+        shutil.copytree(d, tmp_path / d.name)
+    src = next(RUNS.glob("digits-*-cmi-*-s0-*"))
+    rec = json.loads((src / "record.json").read_text())
+    rec.update(cell_id="digits-new-id-s0", final_acc=10.0, finished_at="2999-01-01T00:00:00+00:00")
+    (tmp_path / "digits-new-id-s0").mkdir()
+    (tmp_path / "digits-new-id-s0" / "record.json").write_text(json.dumps(rec))
+    df, problems = load_records([tmp_path])
+    assert sorted(df["seed"]) == [0, 1, 2]
+    assert [p for p in problems if p.startswith("the same cell twice")] and len(problems) == 1
+    assert float(df[df["seed"] == 0]["final_acc"].iloc[0]) == 10.0          # the later of the two
+
+
+def test_rows_mixing_precision_device_or_commit_are_named(tmp_path, capsys):
+    for d in RUNS.glob("digits-*-cmi-*"):
+        rec = json.loads((d / "record.json").read_text())
+        if rec["seed"] == 2:
+            rec.setdefault("config", {}).setdefault("run", {})["precision_resolved"] = "fp32"
+            rec.setdefault("env", {})["git_commit"] = "fedcba9876543210"
+        else:
+            rec.setdefault("config", {}).setdefault("run", {})["precision_resolved"] = "bf16"
+        (tmp_path / d.name).mkdir()
+        (tmp_path / d.name / "record.json").write_text(json.dumps(rec))
+    df, _ = load_records([tmp_path])
+    (line,) = mixed_runs(df)
+    assert line.startswith("cmi on digits") and "precision bf16 (seeds 0, 1), fp32 (seed 2)" in line
+    assert "commit " in line and "device" not in line
+    notes = accuracy_table(df, published=False).notes()
+    assert any(n.startswith("Rows whose runs differ") and "precision bf16" in n for n in notes)
+    assert mixed_runs(load_records([RUNS])[0]) == []
+
+
+def test_run_does_not_write_next_to_the_committed_reference_records():
+    from benchmark.cli import DEFAULT_OUT, build_parser
+
+    out = Path(build_parser().parse_args(["run"]).out).resolve()
+    reference = (Path(__file__).resolve().parent.parent / "results" / "reference")
+    assert out.name == DEFAULT_OUT == "runs"
+    assert out != reference and out not in reference.parents

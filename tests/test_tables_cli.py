@@ -69,8 +69,9 @@ def test_missing_budgets_are_listed_by_a_dry_run_and_refused_by_a_run(tmp_path, 
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--dataset", "digits"], "--dataset cannot be combined with --table"),
-    (["--pairs", "standard"], "--pairs cannot be combined with --table"),
+    (["--teacher", "cnn_wide"], "--teacher cannot be combined with --table"),
+    (["--dataset", "digits", "--datasets", "digits"], "give --dataset or --datasets, not both"),
+    (["--pairs", "cnn_wide"], "teacher:student"),
     (["--table-typo"], None),
     (["--set", "gamma=1,2"], "sets it already"),
     (["--methods", "dafl"], "matches no row"),
@@ -119,3 +120,22 @@ def test_table_run_fills_the_cells_and_skips_them_on_a_rerun(tmp_path, capsys, t
         for o in ({}, {"adv": "0.0"}, {"alpha": "0.0"}, {"beta": "0.0"}, {"gamma": "0.0"}, {"eta": "0.0"}))
     code, text, err = run_main(args, capsys)
     assert code == 0 and text.count("(skipped)") == 6
+    # the report finds them at the budget they ran at, every row with n = 1
+    code, text, err = run_main(["report", out, "--table", "cpsc-ablation", "--budget", "smoke"], capsys)
+    assert code == 0, err
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| 1 |" in line]
+    assert len(rows) == 6, text
+    assert "--set batch_size=16 eval_every=1 iterations=2 quality_samples=0" in text
+
+
+def test_dataset_and_pairs_replace_the_table_columns(tmp_path, capsys):
+    code, out, err = run_main(["run", "--table", "cpsc-ablation", "--dataset", "cifar10", "--budget", "paper",
+                               "--seeds", "0", "--dry-run", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert "columns: cifar10 resnet34→resnet18" in out and out.count("  run   [missing] ") == 6
+    assert "(paper) on cifar10 resnet34→resnet18: " in out and "warning: cifar10" in err
+    code, out, err = run_main(["run", "--table", "cpsc-ablation", "--datasets", "cifar10,cifar100",
+                               "--pairs", "wrn40_2:wrn16_1,wrn40_2:wrn16_2", "--budget", "paper", "--seeds", "0",
+                               "--dry-run", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert out.count("  run   [missing] ") == 6 * 4

@@ -115,9 +115,11 @@ CIFAR_RECIPE = TeacherRecipe(epochs=200, batch_size=128, lr=0.1, weight_decay=5e
 
 register_dataset(DatasetSpec(
     name="mnist", num_classes=10, image_shape=(1, 32, 32), mean=MNIST_MEAN, std=MNIST_STD, loader=load_mnist,
-    # DAFL-style LeNet-5 teacher; no augmentation (as in DataFree's MNIST transform). lr 0.05: no BN.
+    # DAFL-style LeNet-5 teacher; no augmentation (as in DataFree's MNIST transform). lr 0.05: lenet5 has no
+    # BN. Default pair: the BatchNorm variants, on which every method but spaceshipnet runs (DAFL's paper pair is
+    # lenet5 -> lenet5_half: --teacher lenet5 --student lenet5_half).
     teacher_recipe=TeacherRecipe(epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4, augment="none"),
-    default_teacher="lenet5", default_student="lenet5_half", how_to_get=HOW_TO_GET,
+    default_teacher="lenet5_bn", default_student="lenet5_half_bn", how_to_get=HOW_TO_GET,
 ))
 register_dataset(DatasetSpec(
     name="svhn", num_classes=10, image_shape=(3, 32, 32), mean=SVHN_MEAN, std=SVHN_STD, loader=load_svhn,

@@ -46,8 +46,8 @@ Design choices (the "why" lives here, next to the code):
 * **Failures.** ``run_cell`` turns an exception into a ``failed`` record with its traceback; the task then
   raises so that SLURM marks it FAILED (hydra's launcher reports such jobs as completed, which hides them).
   Other array tasks are independent and go on.
-* **Resources** come from a cluster profile (``--slurm-profile NAME``: ``slurm/profiles/NAME.toml``, or a
-  path) and flags, flags winning. See ``slurm/profiles/example.toml`` for every key.
+* **Resources** come from a cluster profile (``--slurm-profile NAME``: ``slurm/profiles/NAME.toml`` in this
+  package, or a path) and flags, flags winning. See ``slurm/profiles/example.toml`` for every key.
 """
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--launcher", choices=LAUNCHERS, default="inline",
                    help="inline: one after another in this process (default); local: parallel subprocesses "
                         "(submitit LocalExecutor); slurm: SLURM job arrays, one task per cell")
+    g.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="inline launcher: run the cells in N worker processes on this machine (auto: one per core, "
+                        "cores // N torch threads each; 1: one after another in this process)")
     g.add_argument("--array-parallelism", type=int, default=None, metavar="N",
                    help="at most N cells run at once (slurm: the array's %%N; local: N worker processes)")
     g.add_argument("--wait", action="store_true", help="block until every submitted cell has ended, showing progress")
@@ -24,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="jobs run the working tree itself instead of a snapshot taken at submission")
     r = parser.add_argument_group("SLURM resources (override the profile)")
     r.add_argument("--slurm-profile", default=os.environ.get("DFKD_SLURM_PROFILE"), metavar="NAME|PATH",
-                   help="cluster profile: slurm/profiles/NAME.toml or a .toml path (default: $DFKD_SLURM_PROFILE)")
+                   help="cluster profile: NAME (one shipped in benchmark/launch/slurm/profiles/; `python -m benchmark list profiles`) or a .toml path (default: $DFKD_SLURM_PROFILE)")
     r.add_argument("--partition", default=None)
     r.add_argument("--account", default=None)
     r.add_argument("--qos", default=None)

@@ -1,6 +1,8 @@
 """What one cell asks the scheduler for: cluster profiles (``--slurm-profile``) and flags, flags winning.
 
-See ``slurm/profiles/example.toml`` for every key.
+The profiles and the local-cluster scripts ship with the package (``benchmark/launch/slurm/``, package data),
+so ``--slurm-profile NAME`` finds them from an installed wheel too. See ``profiles/example.toml`` there for
+every key.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from typing import Any, Iterable
 
 from .errors import LaunchError
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent.parent / "slurm" / "profiles"
+SLURM_DIR = Path(__file__).resolve().parent / "slurm"       # package data: profiles/*.toml, *_local_slurm.sh
+PROFILE_DIR = SLURM_DIR / "profiles"
 DEFAULT_TIME_MIN = 120
 
 

@@ -17,8 +17,9 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("method", help=f"a method with a parity adapter ({', '.join(ADAPTERS)}) or 'all'")
-    p.add_argument("--reference", required=True, type=Path,
+    p.add_argument("method", nargs="?", default="all", help=f"a method with a parity adapter ({', '.join(ADAPTERS)}), a comma-separated "
+                                  "list of them, or 'all'")
+    p.add_argument("--reference", type=Path, default=None,
                    help="a checkout of the authors' code, or a folder holding checkouts named NAME or OWNER+NAME "
                         "(CMI, Fast-Datafree, CPSC-DFKD)")
     p.add_argument("--steps", type=int, default=5, help="iterations K (default 5)")
@@ -30,10 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="our defaults instead of the released-code compatibility options")
     p.add_argument("--json", type=Path, default=None, help="write the results (every step) as JSON here")
     p.add_argument("--markdown", type=Path, default=None, help="write the fidelity report (docs/fidelity.md) here")
+    p.add_argument("--from-json", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="write --markdown from the --json files of earlier runs instead of running (e.g. methods "
+                        "compared in parallel processes)")
 
 
 def _check(args: argparse.Namespace) -> tuple[list[str], str, str]:
-    names = list(ADAPTERS) if args.method == "all" else [args.method]
+    names = list(ADAPTERS) if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
     for name in names:
         adapter(name)                                        # unknown method: ConfigError
     teacher, sep, student = args.pair.partition(":")
@@ -44,6 +48,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], str, str]:
         check_model_fits(arch, (3, 32, 32))
     if args.steps < 1 or args.batch < 2:
         raise ConfigError("--steps must be >= 1 and --batch >= 2")
+    if args.reference is None:
+        raise ConfigError("--reference DIR is required (a checkout, or a folder of checkouts)")
     if not args.reference.is_dir():
         raise ConfigError(f"--reference {args.reference}: not a folder")
     for name in names:
@@ -58,35 +64,80 @@ def _problem(args, name, teacher, student, compat: bool) -> Problem:
                    dtype=DTYPES[args.dtype], seed=args.seed, compat=compat)
 
 
+def from_json(args: argparse.Namespace) -> int:
+    """The markdown report from the JSON files of earlier runs."""
+    import json
+
+    from .report import markdown, write_text
+
+    if not args.markdown:
+        raise ConfigError("--from-json needs --markdown")
+    results, defaults, explanations, errors = [], {}, {}, {}
+    for path in args.from_json:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--from-json {path}: {exc}") from None
+        for d in data if isinstance(data, list) else [data]:
+            d = dict(d)
+            extra = {k: d.pop(k, None) for k in ("defaults", "default_error", "explanations")}
+            r = Result(**d)
+            results.append(r)
+            if extra["defaults"]:
+                defaults[r.method] = Result(**{k: v for k, v in extra["defaults"].items()})
+            if extra["default_error"]:
+                errors[r.method] = extra["default_error"]
+            explanations[r.method] = extra["explanations"] or (
+                list(getattr(adapter(r.method), "DEFAULTS", {}).get(r.method, [])) if r.method in ADAPTERS else [])
+    order = {m: i for i, m in enumerate(ADAPTERS)}
+    results.sort(key=lambda r: order.get(r.method, len(order)))
+    p = results[0].problem if results else {}
+    args.pair = f"{p.get('teacher')}:{p.get('student')}" if p else args.pair
+    args.batch, args.dtype, args.seed = p.get("batch", args.batch), p.get("dtype", args.dtype), p.get("seed", args.seed)
+    write_text(args.markdown, markdown(results, defaults, args, explanations, errors))
+    return 0 if all(r.ok for r in results) else 1
+
+
 def command(args: argparse.Namespace) -> int:
+    if args.from_json:
+        return from_json(args)
     names, teacher, student = _check(args)
     results: list[Result] = []
     defaults: dict[str, Result] = {}
     explanations: dict[str, list[str]] = {}
+    default_errors: dict[str, str] = {}
     failed = 0
     for name in names:
         mod = adapter(name)
         try:
             result = run(mod, _problem(args, name, teacher, student, not args.no_compat), args.reference)
-            # for the report: what our defaults change, where a compatibility option exists
-            if args.markdown and not args.no_compat and getattr(mod, "COMPAT", {}).get(name):
-                defaults[name] = run(mod, _problem(args, name, teacher, student, False), args.reference)
         except ParityError as exc:
             print(f"{name}: cannot compare: {exc}", file=sys.stderr)
             failed += 1
             continue
+        # for the report: what our defaults change, where a compatibility option exists
+        if args.markdown and not args.no_compat and getattr(mod, "COMPAT", {}).get(name):
+            try:
+                defaults[name] = run(mod, _problem(args, name, teacher, student, False), args.reference)
+            except ParityError as exc:
+                default_errors[name] = str(exc)
         results.append(result)
         explanations[name] = list(getattr(mod, "DEFAULTS", {}).get(name, []))
         print(table(result), flush=True)
+        if name in default_errors:
+            print(f"with our defaults: cannot compare: {default_errors[name]}")
         if name in defaults:
             print(f"with our defaults: {'equal' if defaults[name].ok else 'different'}"
                   + (f"; terms on one side only: {defaults[name].unmatched}" if defaults[name].unmatched else ""))
         print()
         failed += not result.ok
     if args.json:
-        payload = [r.to_dict() for r in results]
-        write_json(args.json, payload[0] if len(payload) == 1 and args.method != "all" else payload)
+        payload = [r.to_dict() | {"defaults": defaults[r.method].to_dict() if r.method in defaults else None,
+                                  "default_error": default_errors.get(r.method),
+                                  "explanations": explanations.get(r.method, [])} for r in results]
+        write_json(args.json, payload[0] if len(payload) == 1 and "," not in args.method and args.method != "all"
+                   else payload)
     if args.markdown:
         from .report import markdown, write_text
-        write_text(args.markdown, markdown(results, defaults, args, explanations))
+        write_text(args.markdown, markdown(results, defaults, args, explanations, default_errors))
     return 1 if failed else 0

@@ -165,13 +165,13 @@ def reference_code(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def upcast_only_float() -> Iterator[None]:
-    """In an fp64 comparison, ``Tensor.float()`` leaves float64 tensors as they are: this project writes
-    ``.float()`` to mean "at least fp32" (for bf16/fp16 autocast), and a cast down to fp32 on one side only
-    would limit the comparison to fp32 rounding on that side."""
+    """In an fp64 comparison, ``Tensor.float()`` converts to float64 instead of float32: this project writes
+    ``.float()`` to mean "the compute precision, at least fp32" (after bf16/fp16 autocast, or to decode 8-bit
+    pool images), and a cast to fp32 on one side only would limit the comparison to fp32 rounding there."""
     original = torch.Tensor.float
 
     def float_(self, *args, **kwargs):
-        return self if self.dtype == torch.float64 else original(self, *args, **kwargs)
+        return self if self.dtype == torch.float64 else self.to(torch.float64)
 
     torch.Tensor.float = float_                              # type: ignore[method-assign]
     try:
@@ -183,7 +183,7 @@ def upcast_only_float() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------------
 # random draws: record on our side, replay on the reference side
 # ---------------------------------------------------------------------------------------------------------
-DRAW_FUNCTIONS = ("randn", "rand", "randint", "randperm", "randn_like", "rand_like", "randint_like")
+DRAW_FUNCTIONS = ("randn", "rand", "randint", "randperm", "randn_like", "rand_like", "randint_like", "bernoulli")
 
 
 class Tape:
@@ -237,6 +237,16 @@ class Tape:
             return draw
         return self._patched(wrap)
 
+    def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The next recorded draw of ``torch.<name>`` (for adapters that hand our draws to reference code that
+        draws differently, e.g. from Python's ``random``); its shape must be ``shape``."""
+        queue, i = self.draws.get(name, []), self.replayed.get(name, 0)
+        if i >= len(queue) or tuple(queue[i].shape) != tuple(shape):
+            got = tuple(queue[i].shape) if i < len(queue) else "nothing"
+            raise ParityError(f"the reference needs torch.{name}{tuple(shape)} #{i + 1}, ours drew {got}")
+        self.replayed[name] = i + 1
+        return queue[i]
+
     def unused(self) -> dict[str, int]:
         return {k: len(v) - self.replayed.get(k, 0) for k, v in self.draws.items() if len(v) > self.replayed.get(k, 0)}
 
@@ -250,6 +260,22 @@ def _scalar(v: Any) -> float:
     return float(v)
 
 
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+
+
+def caller_locals() -> dict[str, Any]:
+    """The local variables of the nearest calling frame outside torch and this module (skipping torch's
+    optimizer wrappers) above the function that calls this one: the released function that called
+    ``optimizer.step()``."""
+    frame = sys._getframe(2)
+    while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR)
+                                 or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    if frame is None:
+        raise ParityError("no calling frame outside torch")
+    return frame.f_locals
+
+
 @contextlib.contextmanager
 def locals_at_step(optimizer: torch.optim.Optimizer, names: dict[str, Callable[[dict], float] | str],
                    sink: list[dict[str, float]]) -> Iterator[None]:
@@ -259,7 +285,7 @@ def locals_at_step(optimizer: torch.optim.Optimizer, names: dict[str, Callable[[
     original = optimizer.step
 
     def step(*args, **kwargs):
-        frame_locals = sys._getframe(1).f_locals
+        frame_locals = caller_locals()
         row = {}
         for ours, how in names.items():
             value = how(frame_locals) if callable(how) else frame_locals[how]
@@ -388,6 +414,8 @@ class Sides:
     reference: dict[str, Any]                   # repo, commit, entry point, its arguments
     notes: list[str] = field(default_factory=list)
     replay_draws: bool = True                   # False when the adapter injects the draws itself
+    tape_holder: dict[str, Tape] = field(default_factory=dict)   # run() puts the tape here as "tape"
+    cleanup: Callable[[], None] | None = None   # called when the comparison ends (temporary folders)
 
 
 @dataclass
@@ -424,33 +452,47 @@ def run(adapter: Any, problem: Problem, root: Path | None) -> Result:
             sides: Sides = adapter.build(problem, path)
             if path is not None:
                 sides.reference.setdefault("commit", checkout_commit(path))
-            rows: list[dict[str, Any]] = []
-            unmatched: dict[str, str] = {}
-            for i in range(problem.steps):
-                with tape.recording() if sides.replay_draws else contextlib.nullcontext():
-                    ours = sides.ours_iteration(i)
-                with tape.replaying() if sides.replay_draws else contextlib.nullcontext():
-                    ref = sides.ref_iteration(i)
-                if len(ours) != len(ref):
-                    raise ParityError(f"iteration {i}: ours made {len(ours)} steps, the reference {len(ref)}")
-                for j, (o, r) in enumerate(zip(ours, ref)):
-                    if set(o) != set(r):
-                        if problem.compat:
-                            raise ParityError(f"iteration {i} step {j}: terms differ: ours {sorted(o)}, "
-                                              f"reference {sorted(r)}")
-                        for k in set(o) ^ set(r):     # with our defaults a term may exist on one side only
-                            unmatched.setdefault(k, "ours" if k in o else "reference")
-                        o = {k: v for k, v in o.items() if k in r}
-                        r = {k: v for k, v in r.items() if k in o}
-                    rows.append({"iteration": i, "step": j, "ours": o, "reference": r})
-            if sides.replay_draws and tape.unused():
-                raise ParityError(f"the reference did not use all of our draws: {tape.unused()}")
-            params: dict[str, Diff] = {}
-            for name, spec in sides.modules.items():
-                ours_m, ref_m, *rename = spec
-                params.update(compare_states(ours_m, ref_m, name, *rename))
+            sides.tape_holder["tape"] = tape
+            try:
+                rows, unmatched, params = _iterate(sides, problem, tape)
+            finally:
+                if sides.cleanup is not None:
+                    sides.cleanup()
     finally:
         torch.set_default_dtype(old_dtype)
+    return _result(problem, sides, rows, unmatched, params, tape)
+
+
+def _iterate(sides: Sides, problem: Problem, tape: Tape):
+    rows: list[dict[str, Any]] = []
+    unmatched: dict[str, str] = {}
+    for i in range(problem.steps):
+        with tape.recording() if sides.replay_draws else contextlib.nullcontext():
+            ours = sides.ours_iteration(i)
+        with tape.replaying() if sides.replay_draws else contextlib.nullcontext():
+            ref = sides.ref_iteration(i)
+        if len(ours) != len(ref):
+            raise ParityError(f"iteration {i}: ours made {len(ours)} steps, the reference {len(ref)}")
+        for j, (o, r) in enumerate(zip(ours, ref)):
+            if set(o) != set(r):
+                if problem.compat:
+                    raise ParityError(f"iteration {i} step {j}: terms differ: ours {sorted(o)}, "
+                                      f"reference {sorted(r)}")
+                for k in set(o) ^ set(r):     # with our defaults a term may exist on one side only
+                    unmatched.setdefault(k, "ours" if k in o else "reference")
+                o = {k: v for k, v in o.items() if k in r}
+                r = {k: v for k, v in r.items() if k in o}
+            rows.append({"iteration": i, "step": j, "ours": o, "reference": r})
+    if sides.replay_draws and tape.unused():
+        raise ParityError(f"the reference did not use all of our draws: {tape.unused()}")
+    params: dict[str, Diff] = {}
+    for name, spec in sides.modules.items():
+        ours_m, ref_m, *rename = spec
+        params.update(compare_states(ours_m, ref_m, name, *rename))
+    return rows, unmatched, params
+
+
+def _result(problem: Problem, sides: Sides, rows, unmatched, params, tape: Tape) -> Result:
     terms: dict[str, dict[str, float]] = {}
     for row in rows:
         for k in row["ours"]:

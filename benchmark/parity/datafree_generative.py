@@ -49,8 +49,9 @@ def build(problem: Problem, path) -> Sides:
 
     from benchmark.config import apply_overrides
     from benchmark.registry import METHODS as REGISTRY
+    from benchmark.registry import load_plugins
 
-    import methods  # noqa: F401  (registers the methods)
+    load_plugins()
 
     name, flags = problem.method, SCRIPT[problem.method]
     options = {"batch_size": problem.batch, **(COMPAT.get(name, {}) if problem.compat else {})}

@@ -20,9 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", default="all", metavar="NAME",
                         help=f"main table: all (every dataset/pair in the records), "
                              f"{' / '.join(LAYOUTS)} (the five standard pairs of the CMI / Fast-Datafree tables), "
-                             f"or a dataset name (default: all)")
+                             f"a dataset name, or a paper table (python -m benchmark list tables: that table "
+                             f"alone, in its layout) (default: all)")
     parser.add_argument("--metric", choices=list(METRICS), default="final",
                         help="final: accuracy at the last iteration (default); best: best accuracy during training")
+    parser.add_argument("--budget", default=None, choices=["smoke", "default", "paper"],
+                        help="with a paper table: the budget its cells ran at (default: the table's)")
+    parser.add_argument("--datasets", default=None, metavar="A,B",
+                        help="with a paper table: the datasets it ran on, if not its own (run --table ... --datasets)")
+    parser.add_argument("--pairs", default=None, metavar="T:S,...|default|standard",
+                        help="with a paper table: the teacher:student pairs it ran with, if not its own")
     parser.add_argument("--report-dir", default=None, metavar="DIR", help="where to write the report (default: OUT/report)")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
 
@@ -61,6 +68,12 @@ def _report_md(args, df, problems, tables, figures, report_dir: Path) -> str:
 
 def command(args: argparse.Namespace) -> int:
     """Run the report; returns the exit status (non-zero with a one-line error on bad input)."""
+    from ..tables.spec import is_table
+
+    if is_table(args.table):        # a paper table spec (python -m benchmark list tables)
+        from ..tables.report import command as table_command
+
+        return table_command(args)
     try:
         df, problems = load_records(args.outs)
         for problem in problems:
@@ -68,6 +81,8 @@ def command(args: argparse.Namespace) -> int:
         if df.empty:
             raise ReportError(f"no records under {', '.join(map(str, args.outs))}")
         main = accuracy_table(df, metric=args.metric, table=args.table)
+        for line in main.mixed:
+            print(f"warning: runs differ within a row: {line}", file=sys.stderr)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

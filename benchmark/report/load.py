@@ -1,8 +1,11 @@
 """Read every ``record.json`` under one or more output folders into one tidy DataFrame.
 
 One row per record (per cell). A corrupt or partial record is named in the returned ``problems`` and
-skipped; the rest are read. A record found twice (the same ``cell_id`` under two folders, e.g. a copied
-results folder) is counted once, and the duplicate is reported.
+skipped; the rest are read. A cell is never averaged with itself: a record found twice (the same ``cell_id``
+under two folders, e.g. a copied results folder), or two records of the same method, dataset, pair, seed,
+budget and ``--set`` values under different ids (e.g. one written before the ids hashed the resolved
+config), count once (a finished one before a failed one, then the latest), and the duplicate is reported.
+``mixed_runs`` names the rows whose records differ in precision, device or code commit.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ QUALITY_PREFIX = "quality_"
 
 BASE_COLUMNS = [
     "cell_id", "method", "variant", "data_free", "dataset", "teacher", "student", "seed", "budget", "overrides",
-    "teacher_ckpt", "status", "error", *NUMERIC_FIELDS, "device", "device_name", "git_commit", "started_at",
+    "teacher_ckpt", "status", "error", *NUMERIC_FIELDS, "precision", "device", "device_name", "git_commit",
+    "started_at",
     "finished_at", "samples_png", "curve", "path",
 ]
 
@@ -80,6 +84,8 @@ def _row(path: Path, rec: dict[str, Any]) -> dict[str, Any]:
     env = rec.get("env") or {}
     row["device"] = env.get("device")
     row["device_name"] = env.get("device_name")
+    run_cfg = (rec.get("config") or {}).get("run") or {}
+    row["precision"] = run_cfg.get("precision_resolved") or run_cfg.get("precision")
     row["git_commit"] = env.get("git_commit")
     row["started_at"] = rec.get("started_at")
     row["finished_at"] = rec.get("finished_at")
@@ -136,7 +142,7 @@ def load_records(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, list[str]]:
     """
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
-    seen: dict[str, int] = {}
+    seen: dict[Any, int] = {}
     for root in paths:
         root = Path(root)
         if not root.is_dir():
@@ -150,16 +156,20 @@ def load_records(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, list[str]]:
             except ValueError as exc:
                 problems.append(f"incomplete record {path}: {exc}")
                 continue
-            prev = seen.get(row["cell_id"])
+            prev = seen.get(row["cell_id"], seen.get(_same_cell(row)))
             if prev is not None:
                 kept = rows[prev]
-                if kept["status"] != "done" and row["status"] == "done":
+                what = (f"duplicate cell {row['cell_id']}" if kept["cell_id"] == row["cell_id"] else
+                        f"the same cell twice ({kept['cell_id']}, {row['cell_id']})")
+                if _preferred(row, kept):
                     rows[prev] = row
-                    problems.append(f"duplicate cell {row['cell_id']}: using {path}, not the failed {kept['path']}")
+                    seen[row["cell_id"]] = prev
+                    problems.append(f"{what}: using {path}, not the {'failed ' * (kept['status'] != 'done')}"
+                                    f"{'older ' * (kept['status'] == 'done')}{kept['path']}")
                 else:
-                    problems.append(f"duplicate cell {row['cell_id']}: using {kept['path']}, not {path}")
+                    problems.append(f"{what}: using {kept['path']}, not {path}")
                 continue
-            seen[row["cell_id"]] = len(rows)
+            seen[row["cell_id"]] = seen[_same_cell(row)] = len(rows)
             rows.append(row)
     quality_cols = sorted({k for r in rows for k in r if k.startswith(QUALITY_PREFIX)})
     df = pd.DataFrame(rows, columns=[c for c in BASE_COLUMNS if c != "variant"] + quality_cols)
@@ -168,6 +178,43 @@ def load_records(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, list[str]]:
     df.insert(2, "variant", [_variant(r, several_budgets, common) for _, r in df.iterrows()] if len(df) else [])
     df = df.sort_values(["dataset", "teacher", "student", "method", "variant", "seed", "cell_id"], kind="stable")
     return df.reset_index(drop=True), problems
+
+
+def _same_cell(row: dict[str, Any]) -> tuple:
+    """What makes two records one cell of a table (and one seed of its mean)."""
+    return ("cell", row["method"], row["dataset"], row["teacher"], row["student"], row["seed"], row["budget"],
+            row["overrides"], row["teacher_ckpt"])
+
+
+def _preferred(new: dict[str, Any], kept: dict[str, Any]) -> bool:
+    """A finished record before a failed one; between two of one status, the one that finished later."""
+    if (new["status"] == "done") != (kept["status"] == "done"):
+        return new["status"] == "done"
+    return str(new.get("finished_at") or "") > str(kept.get("finished_at") or "")
+
+
+#: Record properties that must agree across the seeds of one row for its mean to compare like with like.
+RUN_PROPERTIES = (("precision", "precision"), ("device", "device_name"), ("commit", "git_commit"))
+
+
+def mixed_runs(df: pd.DataFrame) -> list[str]:
+    """One line per table row (variant x dataset x pair) whose finished records differ in precision, device
+    or code commit, e.g. ``dafl on digits cnn_wide→cnn_narrow: precision bf16 (seeds 0, 1), fp32 (seed 2)``."""
+    lines = []
+    done = df[df["status"] == "done"] if len(df) else df
+    for (variant, dataset, teacher, student), group in done.groupby(["variant", "dataset", "teacher", "student"],
+                                                                    sort=True):
+        parts = []
+        for label, column in RUN_PROPERTIES:
+            values = group[column].map(lambda v: "?" if v is None or v != v else str(v)[:12 if label == "commit"
+                                                                                         else None])
+            if values.nunique() > 1:
+                seeds = {v: sorted(group["seed"][values == v]) for v in sorted(values.unique())}
+                parts.append(f"{label} " + ", ".join(f"{v} (seed{'s' * (len(s) > 1)} {', '.join(map(str, s))})"
+                                                     for v, s in seeds.items()))
+        if parts:
+            lines.append(f"{variant} on {dataset} {teacher}→{student}: " + "; ".join(parts))
+    return lines
 
 
 def records_csv_frame(df: pd.DataFrame) -> pd.DataFrame:

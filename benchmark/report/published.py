@@ -24,6 +24,7 @@ class Figure:
     top1: float
     source: str
     status: str
+    hours: float | None = None      # the training time the source reports (``train_hours``), if any
 
 
 @dataclass
@@ -58,7 +59,9 @@ def load_published(path: str | Path | None = None) -> Published:
         if pd.isna(row.top1):
             continue
         key = (row.dataset, row.teacher, row.student, row.method)
-        grouped.setdefault(key, []).append(Figure(float(row.top1), row.source, row.status))
+        hours = getattr(row, "train_hours", None)
+        hours = None if hours is None or hours == "" or pd.isna(hours) else float(hours)
+        grouped.setdefault(key, []).append(Figure(float(row.top1), row.source, row.status, hours))
     for figs in grouped.values():
         figs.sort(key=lambda f: (STATUS_RANK.get(f.status, len(STATUS_RANK)), source_order[f.source]))
     return Published(grouped)

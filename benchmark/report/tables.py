@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..launch.grid import PAIR_PRESETS
-from .load import REFERENCE_METHODS, ReportError, common_settings
+from .load import REFERENCE_METHODS, ReportError, common_settings, mixed_runs
 from .published import Figure, Published, load_published
 
 # ---- orders and layouts --------------------------------------------------------------------------------
@@ -309,6 +309,7 @@ class AccuracyTable:
     failures: list[str]
     alpha: float = ALPHA
     settings: list[str] = field(default_factory=list)   # shared by every record, left out of the row labels
+    mixed: list[str] = field(default_factory=list)      # rows whose records differ in precision/device/commit
 
     # -- sources: numbered in the order the printed figures appear, then the alternatives
     def sources(self) -> list[Figure]:
@@ -336,6 +337,8 @@ class AccuracyTable:
         notes = []
         if self.settings:
             notes.append(f"Every run: {'; '.join(self.settings)}.")
+        if self.mixed:
+            notes.append("Rows whose runs differ (their mean mixes them): " + "; ".join(self.mixed) + ".")
         sig = [f"{c.label}: {s.reason}" for c, s in self.significance.items() if s is not None]
         if sig:
             notes.append(f"Significance ({TEST_NAME}, α = {self.alpha:g}): " + "; ".join(sig) + ".")
@@ -488,7 +491,7 @@ def accuracy_table(df: pd.DataFrame, metric: str = "final", table: str = "all",
                 cells[(label, col)].best = True
                 cells[(label, col)].significant = sig.significant
     return AccuracyTable(table, metric, columns, rows, cells, with_published, significance, failures, alpha,
-                         common_settings(df))
+                         common_settings(df), mixed_runs(sub))
 
 
 # ---- cost ------------------------------------------------------------------------------------------------

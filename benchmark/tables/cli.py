@@ -4,8 +4,10 @@
 ``--launcher local|slurm``, submits) the table's cells through the ordinary launchers, so the usual rules
 hold: finished cells are skipped, failed and missing ones run, ``--force`` reruns. ``--seeds`` replaces the
 spec's seeds, ``--methods`` keeps the rows whose method matches, ``--set`` applies to every row (a key with
-several values multiplies the rows), ``--budget`` replaces the spec's budget (e.g. ``smoke`` to try a table).
-The flags that name the grid's datasets and pairs belong to the spec and are refused with ``--table``.
+several values multiplies the rows), ``--budget`` replaces the spec's budget (e.g. ``smoke`` to try a table),
+``--dataset``/``--datasets`` and ``--pairs`` replace its columns (the ablation on CIFAR-10:
+``--dataset cifar10 --budget paper``; ``report`` takes the same flags). ``--teacher``/``--student`` and
+``--teacher-ckpt`` are refused with ``--table``.
 """
 from __future__ import annotations
 
@@ -16,9 +18,17 @@ from ..records import Cell
 from .expand import Expansion, budget_preset, expand
 from .spec import SpecError, load_spec, spec_names
 
-#: Grid flags that a table spec defines itself (attribute name -> flag).
-SPEC_FLAGS = {"dataset": "--dataset", "datasets": "--datasets", "pairs": "--pairs", "teacher": "--teacher",
-              "student": "--student", "teacher_ckpt": "--teacher-ckpt"}
+#: Grid flags that do not combine with a table (attribute name -> flag): the table's columns are pairs.
+SPEC_FLAGS = {"teacher": "--teacher", "student": "--student", "teacher_ckpt": "--teacher-ckpt"}
+
+
+def table_datasets(args: argparse.Namespace) -> list[str] | None:
+    """``--dataset`` / ``--datasets``: the datasets that replace the table's (None: the table's own)."""
+    dataset, datasets = getattr(args, "dataset", None), getattr(args, "datasets", None)
+    if dataset and datasets:
+        raise SpecError("give --dataset or --datasets, not both")
+    text = datasets or dataset
+    return [d.strip() for d in text.split(",") if d.strip()] if text else None
 
 
 def _seeds(text: str | None) -> list[int] | None:
@@ -33,12 +43,13 @@ def table_expansion(args: argparse.Namespace) -> Expansion:
     """The expansion of ``--table`` with the command line's seeds, methods, sweeps and budget."""
     given = [flag for attr, flag in SPEC_FLAGS.items() if getattr(args, attr, None)]
     if given:
-        raise SpecError(f"{', '.join(given)} cannot be combined with --table (the table names its datasets "
-                        f"and pairs)")
+        raise SpecError(f"{', '.join(given)} cannot be combined with --table (its columns are teacher:student "
+                        f"pairs: use --pairs)")
     spec = load_spec(args.table)
     methods = getattr(args, "methods", None)
     return expand(spec, seeds=_seeds(getattr(args, "seeds", None)), sets=list(getattr(args, "overrides", []) or []),
-                  methods=None if methods in (None, "all") else methods, budget=getattr(args, "budget", None))
+                  methods=None if methods in (None, "all") else methods, budget=getattr(args, "budget", None),
+                  datasets=table_datasets(args), pairs=getattr(args, "pairs", None))
 
 
 def print_table_plan(exp: Expansion, file=None) -> None:

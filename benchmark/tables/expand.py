@@ -12,6 +12,7 @@ in the plan with its problem, so that a dry run can list it; ``run`` refuses to 
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import itertools
 import typing
@@ -164,7 +165,7 @@ class Expansion:
 
 def table_columns(spec: TableSpec) -> list[Column]:
     from ..registry import DATASETS, MODELS
-    from ..launch import PAIR_PRESETS
+    from ..launch.grid import PAIR_PRESETS
 
     cols = []
     for name in spec.datasets:
@@ -214,14 +215,21 @@ def _sweep_rows(rows: list[RowSpec], sweeps: list[tuple[str, list[str]]]) -> tup
 
 
 def expand(spec: TableSpec, seeds: Iterable[int] | None = None, sets: list[str] | None = None,
-           methods: str | None = None, budget: str | None = None) -> Expansion:
+           methods: str | None = None, budget: str | None = None, datasets: list[str] | None = None,
+           pairs: str | None = None) -> Expansion:
     """The cells of ``spec``: its rows (filtered by ``methods``, multiplied by the ``--set`` sweeps) x its
-    columns x ``seeds`` (default: the spec's). Unknown names and bad values raise; a missing budget is kept
-    as the cell's ``problem``."""
-    from ..registry import METHODS
+    columns x ``seeds`` (default: the spec's). ``budget``, ``datasets`` and ``pairs`` (``--pairs`` syntax)
+    replace the spec's (the ablation on another dataset). Unknown names and bad values raise; a missing
+    budget is kept as the cell's ``problem``."""
+    from ..registry import METHODS, load_plugins
     from ..runner import resolve_cell
+    from .spec import parse_pairs
 
-    import methods as _plugins  # noqa: F401  (registers every method)
+    load_plugins()
+    if datasets:
+        spec = dataclasses.replace(spec, datasets=tuple(dict.fromkeys(datasets)))
+    if pairs:
+        spec = dataclasses.replace(spec, pairs=parse_pairs(pairs, "--pairs"))
 
     seeds = list(dict.fromkeys(seeds)) if seeds is not None else list(spec.seeds)
     budget = budget or spec.budget

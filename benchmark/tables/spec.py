@@ -186,6 +186,14 @@ def _rows(data: dict, name: str) -> tuple[RowSpec, ...]:
     return tuple(rows)
 
 
+def parse_pairs(text: str, where: str) -> str | tuple[tuple[str, str], ...]:
+    """``--pairs`` text (``default``, ``standard`` or ``t:s,t:s``) as a spec's ``pairs``."""
+    text = text.strip()
+    if text in PAIR_PRESETS_NAMES:
+        return text
+    return _pairs([p for p in text.split(",") if p.strip()], where)
+
+
 def _pairs(value: Any, name: str) -> str | tuple[tuple[str, str], ...]:
     if isinstance(value, str):
         if value in PAIR_PRESETS_NAMES:
@@ -210,10 +218,12 @@ def parse_spec(data: dict, name: str, path: Path | None = None) -> TableSpec:
     for key in ("description", "datasets", "budget"):
         if key not in data:
             raise SpecError(f"{name}: no {key}")
+    from ..checks import SEED_MAX
+
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                            and 0 <= s < 2**63 for s in seeds):
-        raise SpecError(f"{name}: seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+                                                            and 0 <= s <= SEED_MAX for s in seeds):
+        raise SpecError(f"{name}: seeds must be a non-empty list of integers in [0, {SEED_MAX}], got {seeds!r}")
     metric = data.get("metric", "final")
     if metric not in METRICS:
         raise SpecError(f"{name}: metric must be one of {', '.join(METRICS)}, got {metric!r}")
