@@ -216,8 +216,12 @@ def test_matches_released_code(method, tmp_path):
     assert adapter(method).REPO.split("/")[1] in result["reference"]["repo"]
 
 
-def test_cmi_kornia_views_option_runs():
-    """The compatibility option that the cmi parity needs: both views through kornia, as released."""
+@pytest.mark.parametrize("name,extra,terms", [
+    ("cmi", {"bank_size": 64, "n_neg": 8}, {"g_bn", "g_oh", "g_adv", "g_cr", "s_kd"}),
+    ("fast-2", {"warmup": 0}, {"g_bn", "g_oh", "g_adv", "s_kd"}),
+])
+def test_kornia_views_option_runs(name, extra, terms):
+    """The compatibility option that the cmi and fast parity needs: the views through kornia, as released."""
     pytest.importorskip("kornia")
     from benchmark.config import apply_overrides
     from benchmark.data import get_dataset
@@ -233,12 +237,13 @@ def test_cmi_kornia_views_option_runs():
         p.requires_grad_(False)
     ctx = MethodContext(teacher=teacher, student=create_model("cnn_narrow", 10, spec.image_shape), dataset=spec,
                         device=torch.device("cpu"), iterations=1)
-    cls = METHODS.get("cmi")
-    cfg = apply_overrides(cls.Config(), {"batch_size": 8, "g_steps": 2, "kd_steps": 1, "ngf": 8, "bank_size": 64,
-                                         "n_neg": 8, "kornia_augment": True})
+    cls = METHODS.get(name)
+    cfg = apply_overrides(cls.Config(), {"batch_size": 8, "g_steps": 2, "kd_steps": 1, "ngf": 8,
+                                         "kornia_augment": True, **extra})
     method = cls(ctx, cfg)
+    assert method.kornia_view is not None if name != "cmi" else method.kornia_views is not None
     logs = method.train_iteration(0)
-    assert {"g_bn", "g_oh", "g_adv", "g_cr", "s_kd"} <= set(logs) and len(method.pool) == 8
+    assert terms <= set(logs) and len(method.pool) == 8
     assert all(torch.isfinite(v) for v in logs.values())
 
 
