@@ -27,12 +27,11 @@ ADAPTERS: dict[str, str] = {
     "fast-2": "fast",
     "fast-5": "fast",
     "fast-10": "fast",
+    "cpsc-dfkd": "cpsc",
 }
 
 # registered data-free methods whose authors' code is public but which this driver does not compare yet, and why
 NOT_COMPARED: dict[str, str] = {
-    "cpsc-dfkd": "RoryShao/CPSC-DFKD (commit 1c6ade1): adapter owned by helper `cpsc` (issue 10), built on "
-                 "this driver's core.",
 }
 
 

@@ -13,6 +13,7 @@ from benchmark.config import ConfigError
 from . import ADAPTERS, adapter
 from .core import ParityError, Problem, Result, run, table, write_json
 
+DEFAULT_PAIR = "wrn40_2:wrn16_1"
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -23,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a checkout of the authors' code, or a folder holding checkouts named NAME or OWNER+NAME "
                         "(CMI, Fast-Datafree, CPSC-DFKD)")
     p.add_argument("--steps", type=int, default=5, help="iterations K (default 5)")
-    p.add_argument("--pair", default="wrn40_2:wrn16_1", help="teacher:student (default wrn40_2:wrn16_1)")
+    p.add_argument("--pair", default=None, help=f"teacher:student (default {DEFAULT_PAIR}; cpsc-dfkd: wrn40_2:wrn16_2, "
+                                                "see its adapter)")
     p.add_argument("--batch", type=int, default=16, help="student and synthesis batch (default 16)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
     p.add_argument("--seed", type=int, default=0)
@@ -40,6 +42,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], str, str]:
     names = list(ADAPTERS) if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
     for name in names:
         adapter(name)                                        # unknown method: ConfigError
+    args.pair_given = args.pair is not None
+    args.pair = args.pair or DEFAULT_PAIR
     teacher, sep, student = args.pair.partition(":")
     if not sep or not teacher or not student:
         raise ConfigError(f"--pair expects TEACHER:STUDENT, got {args.pair!r}")
@@ -60,6 +64,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], str, str]:
 
 
 def _problem(args, name, teacher, student, compat: bool) -> Problem:
+    if not args.pair_given:                                  # an adapter may name the pair it needs
+        teacher, student = getattr(adapter(name), "PAIR", (teacher, student))
     return Problem(method=name, teacher_arch=teacher, student_arch=student, steps=args.steps, batch=args.batch,
                    dtype=DTYPES[args.dtype], seed=args.seed, compat=compat)
 
