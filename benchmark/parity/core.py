@@ -7,6 +7,7 @@ one family of methods on a :class:`Problem` and returns a :class:`Sides`, which 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -431,17 +432,20 @@ class Result:
     draws: int
     ok: bool
     unmatched: dict[str, str] = field(default_factory=dict)   # term -> the side it exists on (defaults only)
+    floor: dict[str, Any] | None = None         # floor.measure(): ours against itself, perturbed (or None)
+    within_floor: bool | None = None            # every difference within the tolerance or MARGIN x its floor
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def run(adapter: Any, problem: Problem, root: Path | None) -> Result:
+def run(adapter: Any, problem: Problem, root: Path | None, with_floor: bool = False) -> Result:
     """Build both sides with ``adapter.build(problem, checkout)`` (the checkout of ``adapter.REPO`` found
     under ``root``; ``root`` None for an adapter that needs none, as in the tests), run ``problem.steps``
     iterations, compare."""
     path = locate(root, adapter.REPO, adapter.MARKER) if root is not None else None
     problem.build()
+    pristine = copy.deepcopy(problem) if with_floor else None
     tape = Tape()
     old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(problem.dtype)
@@ -458,9 +462,20 @@ def run(adapter: Any, problem: Problem, root: Path | None) -> Result:
             finally:
                 if sides.cleanup is not None:
                     sides.cleanup()
+            floor = None
+            if pristine is not None:
+                from .floor import measure
+                floor = measure(adapter, pristine, path, problem.seed)
     finally:
         torch.set_default_dtype(old_dtype)
-    return _result(problem, sides, rows, unmatched, params, tape)
+    result = _result(problem, sides, rows, unmatched, params, tape)
+    if floor is not None:
+        from .floor import within
+        result.floor = floor
+        result.within_floor = not result.unmatched and all(
+            within(t["rel"], floor["terms"].get(k)) for k, t in result.terms.items()) and all(
+            within(d["rel"], floor["params"].get(k)) for k, d in result.params.items())
+    return result
 
 
 def _iterate(sides: Sides, problem: Problem, tape: Tape):
@@ -521,13 +536,19 @@ def table(result: Result) -> str:
     lines = [f"{result.method}: {'PASS' if result.ok else 'FAIL'} (relative difference <= {TOLERANCE:g}, "
              f"K={result.problem['steps']}, {result.problem['dtype']}, compat={'on' if result.problem['compat'] else 'off'})",
              f"reference: github.com/{result.reference.get('repo')} @ {result.reference.get('commit')}"]
-    rows = [("quantity", "max abs diff", "max rel diff", "ok")]
+    fl = result.floor or {}
+    rows = [("quantity", "max abs diff", "max rel diff", "ok", "floor rel" if fl else "")]
     for k, t in result.terms.items():
         rows.append((f"loss {k} ({t['steps']} steps)", _fmt(t["abs"]), _fmt(t["rel"]),
-                     "yes" if Diff(t["abs"], t["rel"]).ok else "NO"))
+                     "yes" if Diff(t["abs"], t["rel"]).ok else "NO",
+                     _fmt(fl["terms"].get(k, 0.0)) if fl else ""))
     for k, d in result.params.items():
-        rows.append((f"param {k}", _fmt(d["abs"]), _fmt(d["rel"]), "yes" if Diff(d["abs"], d["rel"]).ok else "NO"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((f"param {k}", _fmt(d["abs"]), _fmt(d["rel"]), "yes" if Diff(d["abs"], d["rel"]).ok else "NO",
+                     _fmt(fl["params"].get(k, 0.0)) if fl else ""))
+    if fl:
+        lines.append(f"floor: ours against itself with its initial weights x (1 + {fl['eps']:g}): every difference "
+                     f"{'within' if result.within_floor else 'NOT within'} {fl['margin']:g} x the floor or the tolerance")
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for n, r in enumerate(rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         if n == 0:
