@@ -17,7 +17,8 @@ def _fmt(x: float) -> str:
 
 
 def table(result: Result) -> str:
-    lines = [f"{result.method}: {'PASS' if result.ok else 'FAIL'} (relative difference <= {TOLERANCE:g}, "
+    status = "PASS" if result.ok else "PASS within the rounding floor" if result.within_floor else "FAIL"
+    lines = [f"{result.method}: {status} (relative difference <= {TOLERANCE:g}, "
              f"K={result.problem['steps']}, {result.problem['dtype']}, compat={'on' if result.problem['compat'] else 'off'})",
              f"reference: github.com/{result.reference.get('repo')} @ {result.reference.get('commit')}"]
     fl = result.floor or {}
