@@ -166,3 +166,33 @@ def test_released_code_compatibility_options():
     m.generator_step()
     assert m.opt_g is not first
     assert torch.isfinite(m.student_step()["s_ce"])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "multistep", "cosine"])
+def test_generator_lr_schedule(schedule):
+    """constant: the released code's effective LR; multistep: its dead MultiStepLR's intent (x0.1 at each
+    milestone fraction of the budget); cosine: decays to 0 at the end of the budget with the student's LR."""
+    m = make({"lr_g_schedule": schedule, "lr_g_milestones": (0.3, 0.6)})  # 10 iterations: milestones 3, 6
+    lrs = []
+    for it in range(10):
+        m.train_iteration(it)
+        lrs.append(m.opt_g.param_groups[0]["lr"])
+    lr = m.cfg.lr_g
+    if schedule == "constant":
+        assert lrs == [lr] * 10
+    elif schedule == "multistep":
+        assert lrs[1] == pytest.approx(lr) and lrs[2] == pytest.approx(lr * 0.1)
+        assert lrs[5] == pytest.approx(lr * 0.01) and lrs[-1] == pytest.approx(lr * 0.01)
+    else:
+        assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_digits_default_decays_the_generator_lr():
+    budget = METHODS.get("cpsc-dfkd").budgets["default"]
+    assert budget["lr_g_schedule"] == "cosine" and budget["g_steps"] == 2 and budget["eta_g"] == 3.0
+
+
+def test_bad_lr_g_milestones_are_refused():
+    from benchmark.config import ConfigError
+    with pytest.raises(ConfigError, match="lr_g_milestones"):
+        dataclasses.replace(METHODS.get("cpsc-dfkd").Config(), lr_g_milestones=(0.5, 1.5)).validate()
