@@ -14,8 +14,9 @@ import torch.nn as nn
 
 from benchmark.cli import main
 from benchmark.parity import ADAPTERS, adapter
-from benchmark.parity.core import (ParityError, Problem, Sides, Tape, compare_states, copy_state, locals_at_step,
-                                   locate, reference_code, returns_of, run, table, value_diff)
+from benchmark.parity.capture import locals_at_step, returns_of
+from benchmark.parity.core import ParityError, Problem, Sides, Tape, compare_states, copy_state, run, table, value_diff
+from benchmark.parity.refcode import locate, reference_code
 
 # a tiny "released code": a regression trainer that draws its inputs with torch.randn and keeps its loss in a
 # local variable, as the authors' code does

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from .core import Problem, Sides, Tape, caller_locals, copy_state, locals_at_step
+from .capture import caller_locals, locals_at_step
+from .core import Problem, Sides, Tape, copy_state
 from .deepinv import _cifar_transform, _in_process_loader, _PoolState, _prepare_draws, _written_order
 
 REPO = "zju-vipa/Fast-Datafree"

@@ -1,5 +1,5 @@
-"""Mechanics of the parity driver: the shared problem, importing the authors' code, random-draw injection,
-loss-term capture, weight copying, comparison and the report.
+"""Mechanics of the parity driver: the shared problem, random-draw injection, weight copying, comparison
+and the report (importing the authors' code: :mod:`.refcode`; capturing their loss terms: :mod:`.capture`).
 
 Nothing here knows a method; each adapter module (``benchmark.parity.datafree`` ...) builds both sides of
 one family of methods on a :class:`Problem` and returns a :class:`Sides`, which :func:`run` drives.
@@ -11,8 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,7 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
-from benchmark.config import ConfigError
+from .refcode import checkout_commit, locate, reference_code, upcast_only_float
 
 TOLERANCE = 1e-4      # the target: relative difference on every loss term and parameter group
 ABS_FLOOR = 1e-9      # below this absolute difference a value counts as equal (terms that are exactly 0)
@@ -73,111 +71,6 @@ class Problem:
 
         return MethodContext(teacher=self.teacher, student=self.student, dataset=self.spec,
                              device=torch.device("cpu"), iterations=self.steps, precision="fp32")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# importing the authors' code
-# ---------------------------------------------------------------------------------------------------------
-def locate(root: Path, repo: str, marker: str) -> Path:
-    """The checkout of ``repo`` ("owner/name"): ``root`` itself when it holds ``marker``, else a child folder
-    named ``name``, ``owner+name``, ``owner__name`` or ``name-<branch>`` that does."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ConfigError(f"--reference {root}: not a folder")
-    if (root / marker).exists():
-        return root
-    owner, name = repo.split("/")
-    names = {name.lower(), f"{owner}+{name}".lower(), f"{owner}__{name}".lower(), f"{owner}-{name}".lower()}
-    for child in sorted(root.iterdir()):
-        low = child.name.lower()
-        if child.is_dir() and (low in names or low.startswith(name.lower() + "-")) and (child / marker).exists():
-            return child
-    raise ConfigError(f"--reference {root}: no checkout of github.com/{repo} (a folder holding {marker}, "
-                      f"named {name} or {owner}+{name})")
-
-
-def checkout_commit(path: Path) -> str:
-    """The commit of a checkout: ``git rev-parse HEAD`` if it is a git work tree, else ``COMMIT`` or
-    ``.commit`` (a file holding the hash) in it, else 'unknown'."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-        if out.returncode == 0 and out.stdout.strip() and (Path(path) / ".git").exists():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    for name in ("COMMIT", ".commit"):
-        f = Path(path) / name
-        if f.is_file():
-            return f.read_text().strip().split()[0]
-    return "unknown"
-
-
-def _stub(name: str, **attrs) -> types.ModuleType:
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    mod.__parity_shim__ = True
-    return mod
-
-
-@contextlib.contextmanager
-def reference_code(path: Path) -> Iterator[None]:
-    """Make the checkout at ``path`` importable, with shims for what it needs but this machine lacks:
-    ``torchvision.models.utils`` (removed from torchvision; its model zoo imports it), ``termcolor`` when not
-    installed (its logger), and ``.cuda()`` as a no-op on tensors and modules (some code calls it
-    unconditionally). On exit every module loaded from the checkout and every shim is removed again, so two
-    checkouts with the same package name (CMI's and Fast-Datafree's ``datafree``) can be used one after the
-    other."""
-    path = Path(path).resolve()
-    before = set(sys.modules)
-    shims: dict[str, types.ModuleType] = {}
-    try:
-        import torchvision.models.utils  # noqa: F401
-    except ImportError:
-        from torch.hub import load_state_dict_from_url
-        shims["torchvision.models.utils"] = _stub("torchvision.models.utils",
-                                                  load_state_dict_from_url=load_state_dict_from_url)
-    try:
-        import termcolor  # noqa: F401
-    except ImportError:
-        shims["termcolor"] = _stub("termcolor", colored=lambda text, *a, **k: text)
-    for name, mod in shims.items():
-        sys.modules[name] = mod
-    saved_cuda = (torch.Tensor.cuda, nn.Module.cuda)
-    torch.Tensor.cuda = lambda self, *a, **k: self           # type: ignore[method-assign]
-    nn.Module.cuda = lambda self, *a, **k: self              # type: ignore[method-assign]
-    sys.path.insert(0, str(path))
-    try:
-        yield
-    finally:
-        torch.Tensor.cuda, nn.Module.cuda = saved_cuda       # type: ignore[method-assign]
-        with contextlib.suppress(ValueError):
-            sys.path.remove(str(path))
-        for name in set(sys.modules) - before:
-            file = getattr(sys.modules[name], "__file__", None) or ""
-            if name in shims or (file and Path(file).resolve().is_relative_to(path)):
-                del sys.modules[name]
-        for name in shims:
-            sys.modules.pop(name, None)
-
-
-@contextlib.contextmanager
-def upcast_only_float() -> Iterator[None]:
-    """In an fp64 comparison, ``Tensor.float()`` converts to float64 instead of float32: this project writes
-    ``.float()`` to mean "the compute precision, at least fp32" (after bf16/fp16 autocast, or to decode 8-bit
-    pool images), and a cast to fp32 on one side only would limit the comparison to fp32 rounding there."""
-    original = torch.Tensor.float
-
-    def float_(self, *args, **kwargs):
-        return self if self.dtype == torch.float64 else self.to(torch.float64)
-
-    torch.Tensor.float = float_                              # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        torch.Tensor.float = original                        # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,75 +142,6 @@ class Tape:
 
     def unused(self) -> dict[str, int]:
         return {k: len(v) - self.replayed.get(k, 0) for k, v in self.draws.items() if len(v) > self.replayed.get(k, 0)}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# capturing loss terms
-# ---------------------------------------------------------------------------------------------------------
-def _scalar(v: Any) -> float:
-    if isinstance(v, torch.Tensor):
-        return float(v.detach().reshape(-1)[0]) if v.numel() else 0.0
-    return float(v)
-
-
-_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
-
-
-def caller_locals() -> dict[str, Any]:
-    """The local variables of the nearest calling frame outside torch and this module (skipping torch's
-    optimizer wrappers) above the function that calls this one: the released function that called
-    ``optimizer.step()``."""
-    frame = sys._getframe(2)
-    while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR)
-                                 or frame.f_code.co_filename == __file__):
-        frame = frame.f_back
-    if frame is None:
-        raise ParityError("no calling frame outside torch")
-    return frame.f_locals
-
-
-@contextlib.contextmanager
-def locals_at_step(optimizer: torch.optim.Optimizer, names: dict[str, Callable[[dict], float] | str],
-                   sink: list[dict[str, float]]) -> Iterator[None]:
-    """While active, each ``optimizer.step()`` appends to ``sink`` the loss terms read from the local
-    variables of the function that called it (the reference code computes its terms as locals and returns
-    none of them). ``names`` maps our term name to a local's name or to a function of the locals dict."""
-    original = optimizer.step
-
-    def step(*args, **kwargs):
-        frame_locals = caller_locals()
-        row = {}
-        for ours, how in names.items():
-            value = how(frame_locals) if callable(how) else frame_locals[how]
-            if value is not None:
-                row[ours] = _scalar(value)
-        sink.append(row)
-        return original(*args, **kwargs)
-
-    optimizer.step = step                                      # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del optimizer.step
-
-
-@contextlib.contextmanager
-def returns_of(obj: Any, attr: str, sink: list[dict[str, float]],
-               keep: Callable[[str], bool] = lambda k: True) -> Iterator[None]:
-    """While active, every call of ``obj.attr()`` appends the float values of the dict it returns to ``sink``
-    (our methods return their weighted loss terms by name from each step)."""
-    original = getattr(obj, attr)
-
-    def call(*args, **kwargs):
-        out = original(*args, **kwargs)
-        sink.append({k: _scalar(v) for k, v in out.items() if keep(k)})
-        return out
-
-    setattr(obj, attr, call)
-    try:
-        yield
-    finally:
-        delattr(obj, attr)
 
 
 # ---------------------------------------------------------------------------------------------------------

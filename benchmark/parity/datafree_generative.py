@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from .core import Problem, Sides, copy_state, locals_at_step, returns_of
+from .capture import locals_at_step, returns_of
+from .core import Problem, Sides, copy_state
 
 REPO = "zju-vipa/CMI"
 MARKER = "datafree/synthesis/generative.py"

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from .core import Problem, Sides, Tape, caller_locals, copy_state, locals_at_step, returns_of
+from .capture import caller_locals, locals_at_step, returns_of
+from .core import Problem, Sides, Tape, copy_state
 
 REPO = "zju-vipa/Fast-Datafree"
 MARKER = "datafree/synthesis/fast_meta.py"
