@@ -8,7 +8,8 @@ import torch
 
 import methods  # noqa: F401
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.registry import METHODS
 
@@ -27,8 +28,7 @@ def make(cfg_changes=None, student_arch="cnn_narrow"):
     student = create_model(student_arch, 10, spec.image_shape)
     cls = METHODS.get("cpsc-dfkd")
     cfg = dataclasses.replace(cls.Config(), batch_size=16, g_steps=1, s_steps=1, **(cfg_changes or {}))
-    ctx = MethodContext(teacher=teacher, student=student, dataset=spec, device=torch.device("cpu"), iterations=10)
-    return cls(ctx, cfg)
+    return build_method(cls, teacher, student, spec, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=10)
 
 
 def grad_norm(module):

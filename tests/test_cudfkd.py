@@ -10,7 +10,8 @@ import torch
 import methods  # noqa: F401
 from benchmark.config import ConfigError
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import DATASETS, METHODS
@@ -37,9 +38,7 @@ def build(teacher, iterations=10, **overrides):
     cfg.validate()
     torch.manual_seed(0)
     student = create_model("cnn_narrow", spec.num_classes, spec.image_shape)
-    ctx = MethodContext(teacher=teacher, student=student, dataset=spec, device=torch.device("cpu"),
-                        iterations=iterations)
-    return cls(ctx, cfg)
+    return build_method(cls, teacher, student, spec, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=iterations)
 
 
 def generator_terms(method, n=16):

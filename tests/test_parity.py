@@ -220,9 +220,9 @@ def test_matches_released_code(method, tmp_path):
 def test_cmi_kornia_views_option_runs():
     """The compatibility option that the cmi parity needs: both views through kornia, as released."""
     pytest.importorskip("kornia")
-    from benchmark.config import apply_overrides
+    from benchmark.build import build_method
+    from benchmark.config import RunConfig, apply_overrides
     from benchmark.data import get_dataset
-    from benchmark.method import MethodContext
     from benchmark.models import create_model
     from benchmark.registry import METHODS
     import methods  # noqa: F401
@@ -232,12 +232,12 @@ def test_cmi_kornia_views_option_runs():
     teacher = create_model("cnn_narrow", 10, spec.image_shape).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    ctx = MethodContext(teacher=teacher, student=create_model("cnn_narrow", 10, spec.image_shape), dataset=spec,
-                        device=torch.device("cpu"), iterations=1)
+    student = create_model("cnn_narrow", 10, spec.image_shape)
     cls = METHODS.get("cmi")
     cfg = apply_overrides(cls.Config(), {"batch_size": 8, "g_steps": 2, "kd_steps": 1, "ngf": 8, "bank_size": 64,
                                          "n_neg": 8, "kornia_augment": True})
-    method = cls(ctx, cfg)
+    method = build_method(cls, teacher, student, spec, torch.device("cpu"), cfg,
+                          RunConfig(precision="fp32", channels_last=False), iterations=1)
     logs = method.train_iteration(0)
     assert {"g_bn", "g_oh", "g_adv", "g_cr", "s_kd"} <= set(logs) and len(method.pool) == 8
     assert all(torch.isfinite(v) for v in logs.values())

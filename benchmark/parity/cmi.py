@@ -89,7 +89,7 @@ def build(problem: Problem, path) -> Sides:
     cls = REGISTRY.get("cmi")
     cfg = apply_overrides(cls.Config(), options)
     cfg.validate()
-    ours = cls(problem.context(), cfg)
+    ours = problem.method(cls, cfg)
     ours.generator.to(problem.dtype)
     if ours.head is not None:
         ours.head.to(problem.dtype)

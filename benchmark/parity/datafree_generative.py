@@ -59,7 +59,7 @@ def build(problem: Problem, path) -> Sides:
     cls = REGISTRY.get(name)
     cfg = apply_overrides(cls.Config(), options)
     cfg.validate()
-    ours = cls(problem.context(), cfg)
+    ours = problem.method(cls, cfg)
     ours.generator.to(problem.dtype)
 
     k = problem.spec.num_classes
