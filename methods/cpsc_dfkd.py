@@ -116,7 +116,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.checks import BETA, COUNT, FRACTION, NONNEG, POSITIVE, POS_COUNT, choice, ranges
+from benchmark.checks import BETA, COUNT, FRACTION, NONNEG, POSITIVE, POS_COUNT, Range, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics, kd_kl, supervised_contrastive
 from benchmark.method import DFKDMethod
@@ -129,7 +129,8 @@ from ._common import balanced_labels, batch_statistics, no_param_grad, register_
         beta1_g=BETA, beta2_g=BETA, lr_s=POSITIVE, momentum=BETA, weight_decay=NONNEG, warmup_fraction=FRACTION,
         adv=NONNEG, alpha=NONNEG, beta=NONNEG, gamma=NONNEG, eta=NONNEG, eta_g=NONNEG, temperature=POSITIVE,
         ikd_form=choice("log", "mse"), memory_format=choice("auto", "channels_last", "contiguous"),
-        lr_g_schedule=choice("constant", "multistep", "cosine"), lr_g_decay=FRACTION)
+        lr_g_schedule=choice("constant", "multistep", "cosine"), lr_g_decay=FRACTION,
+        lr_g_milestones=Range(0, 1, low_open=True, high_open=True, what="fractions of the budget in (0, 1)"))
 @dataclass
 class CPSCConfig:
     batch_size: int = 512
@@ -166,19 +167,9 @@ class CPSCConfig:
     memory_format: str = "auto"   # auto | channels_last | contiguous
 
     def validate(self) -> None:
-        if self.ikd_form not in ("log", "mse"):
-            raise ConfigError(f"ikd_form must be 'log' or 'mse', got {self.ikd_form!r}")
-        if self.memory_format not in ("auto", "channels_last", "contiguous"):
-            raise ConfigError(f"memory_format must be auto, channels_last or contiguous, got {self.memory_format!r}")
-        for key in ("batch_size", "nz", "ngf"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1")
-        if self.g_steps < 0 or self.s_steps < 1:
-            raise ConfigError("g_steps must be >= 0 and s_steps >= 1")
+        """What the declared ranges cannot say (benchmark.checks checks those first)."""
         if self.eta_g is not None and (isinstance(self.eta_g, bool) or not isinstance(self.eta_g, (int, float))):
             raise ConfigError(f"eta_g must be a number or null, got {self.eta_g!r}")
-        if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in self.lr_g_milestones):
-            raise ConfigError(f"lr_g_milestones must be fractions of the budget in (0, 1), got {self.lr_g_milestones!r}")
         if self.batch_size < 2 and self.gamma:
             raise ConfigError("the contrastive term needs batch_size >= 2")
 

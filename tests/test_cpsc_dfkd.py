@@ -194,5 +194,6 @@ def test_digits_default_decays_the_generator_lr():
 
 def test_bad_lr_g_milestones_are_refused():
     from benchmark.config import ConfigError
+    from benchmark.checks import check_ranges
     with pytest.raises(ConfigError, match="lr_g_milestones"):
-        dataclasses.replace(METHODS.get("cpsc-dfkd").Config(), lr_g_milestones=(0.5, 1.5)).validate()
+        check_ranges(dataclasses.replace(METHODS.get("cpsc-dfkd").Config(), lr_g_milestones=(0.5, 1.5)))

@@ -197,11 +197,16 @@ def test_counters_logs_and_generator_init(teacher):
 
 
 def test_config_validation():
+    """Declared ranges (loss, epoch_iterations) and the method's own cross-field checks, as the runner runs them."""
+    from benchmark.checks import check_ranges
+
     cfg = METHODS.get("cudfkd").Config()
     for bad in ({"curriculum": "bogus"}, {"loss": "l2"}, {"adv_begin": 0.8, "adv_end": 0.2},
                 {"epoch_iterations": 0}, {"lambda_0": 0.0}):
         with pytest.raises(ConfigError):
-            dataclasses.replace(cfg, **bad).validate()
+            bad_cfg = dataclasses.replace(cfg, **bad)
+            check_ranges(bad_cfg)
+            bad_cfg.validate()
 
 
 # ---- presets ----------------------------------------------------------------------------------------------

@@ -294,10 +294,19 @@ def test_sample_is_the_student_batch_and_leaves_the_generator_unchanged(sample_m
 
 
 def test_config_validation():
+    """Declared ranges first, then the method's own cross-field checks, as the runner runs them."""
+    from benchmark.checks import check_ranges
+
+    def check(cfg):
+        check_ranges(cfg)
+        cfg.validate()
+
     with pytest.raises(ConfigError):
-        dataclasses.replace(METHODS.get("dfad").Config(), sample_mode="bogus").validate()
+        check(dataclasses.replace(METHODS.get("dfad").Config(), sample_mode="bogus"))
     with pytest.raises(ConfigError):
-        dataclasses.replace(METHODS.get("dafl").Config(), batch_size=0).validate()
+        check(dataclasses.replace(METHODS.get("dafl").Config(), batch_size=0))
+    with pytest.raises(ConfigError, match="synthesis batch"):
+        check(dataclasses.replace(METHODS.get("dafl").Config(), batch_size=1))
 
 
 # ---- presets -------------------------------------------------------------------------------------------------
