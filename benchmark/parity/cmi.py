@@ -89,7 +89,7 @@ def build(problem: Problem, path) -> Sides:
     cls = REGISTRY.get("cmi")
     cfg = apply_overrides(cls.Config(), options)
     cfg.validate()
-    ours = problem.method(cls, cfg)
+    ours = problem.build_ours(cls, cfg)
     ours.generator.to(problem.dtype)
     if ours.head is not None:
         ours.head.to(problem.dtype)

@@ -66,7 +66,7 @@ class Problem:
             p.requires_grad_(False)
         return self
 
-    def method(self, cls, cfg):
+    def build_ours(self, cls, cfg):
         """Our side of the comparison: ``cls`` with ``cfg`` on this problem's teacher and student, put
         together as the runner does (:func:`benchmark.build.build_method`), in plain NCHW fp32/fp64."""
         from benchmark.build import build_method

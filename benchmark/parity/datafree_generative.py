@@ -59,7 +59,7 @@ def build(problem: Problem, path) -> Sides:
     cls = REGISTRY.get(name)
     cfg = apply_overrides(cls.Config(), options)
     cfg.validate()
-    ours = problem.method(cls, cfg)
+    ours = problem.build_ours(cls, cfg)
     ours.generator.to(problem.dtype)
 
     k = problem.spec.num_classes

@@ -172,7 +172,7 @@ def build(problem: Problem, path) -> Sides:
     cls = REGISTRY.get("deepinv")
     cfg = apply_overrides(cls.Config(), options)
     cfg.validate()
-    ours = problem.method(cls, cfg)
+    ours = problem.build_ours(cls, cfg)
 
     k = problem.spec.num_classes
     teacher = registry.get_model(problem.teacher_arch, num_classes=k).to(problem.dtype).eval()
