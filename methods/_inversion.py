@@ -249,6 +249,22 @@ def masked_disagreement(student_logits: torch.Tensor, teacher_logits: torch.Tens
 # ----------------------------------------------------------------------------------------------------------
 
 
+def kornia_augmentation():
+    """``kornia.augmentation`` for the ``kornia_augment`` compatibility options (kornia is optional)."""
+    try:
+        from kornia import augmentation
+    except ImportError:
+        raise ConfigError("kornia_augment=true needs the kornia package") from None
+    return augmentation
+
+
+def kornia_crop_flip(image_shape, pad: int) -> nn.Module:
+    """The released DataFree synthesizers' view with kornia: ``RandomCrop(size, padding=pad)`` then
+    ``RandomHorizontalFlip()`` (always flips with p 0.5, whatever the dataset), before normalisation."""
+    K = kornia_augmentation()
+    return nn.Sequential(K.RandomCrop(size=list(image_shape[1:]), padding=pad), K.RandomHorizontalFlip())
+
+
 @torch.no_grad()
 def reset_generator(model: nn.Module) -> None:
     """CMI's per-round re-initialisation: conv/linear weights N(0, 0.02), biases 0, BN weights N(1, 0.02),

@@ -39,6 +39,8 @@ Deviations from the released code:
   device instead of with ``loss.item()`` at every step.
 - Augmentations on the device without kornia; flips follow the dataset's training augmentation
   (``flip="auto"``: none for digits); the released code always flips.
+  Compatibility option ``kornia_augment`` (default off) makes the view with kornia's ``RandomCrop`` +
+  ``RandomHorizontalFlip`` as released (needs kornia); the parity driver uses it (docs/fidelity.md).
 - The round counter and the BN momentum averages are part of the checkpoint (the released code loses
   them on resume). ``reset_l0_after`` counts rounds after the warm-up (the released code hard-codes
   epoch 120 + warm-up); 0 disables the reset.
@@ -64,7 +66,7 @@ from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
 
 from ._common import no_param_grad, register_method
-from ._inversion import (PoolConfig, PoolDistillation, masked_disagreement, random_crop_flip,
+from ._inversion import (PoolConfig, PoolDistillation, kornia_crop_flip, masked_disagreement, random_crop_flip,
                          reset_first_layer)
 
 
@@ -87,6 +89,9 @@ class FastConfig(PoolConfig):
     reptile_scale: float = 67.0       # released reptile gradient scale
     reset_l0: bool = True
     reset_l0_after: int = 120         # training rounds after the warm-up before the one-time reset
+    # compatibility (default off): the synthesis view through kornia's RandomCrop + RandomHorizontalFlip as
+    # released (needs kornia; always flips); off: the on-device re-implementation
+    kornia_augment: bool = False
 
 
 
@@ -134,10 +139,12 @@ class Fast(PoolDistillation):
         self.meta_opt = self.track("meta_opt", torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g * cfg.g_steps,
                                                                 betas=(cfg.beta1_g, cfg.beta2_g)))
         self.bn_prior = BatchNormStatistics(self.teacher, momentum=cfg.bn_mmt)
+        self.kornia_view = kornia_crop_flip(self.image_shape, self.pad) if cfg.kornia_augment else None
 
     def losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.cfg
-        x = self._model_input(self.normalizer(random_crop_flip(images, self.pad, self.flip)))
+        view = self.kornia_view(images) if self.kornia_view is not None else random_crop_flip(images, self.pad, self.flip)
+        x = self._model_input(self.normalizer(view))
         terms: dict[str, torch.Tensor] = {}
         with self.ctx.autocast():
             with self.bn_prior.recording():

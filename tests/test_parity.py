@@ -14,9 +14,8 @@ import torch.nn as nn
 
 from benchmark.cli import main
 from benchmark.parity import ADAPTERS, adapter
-from benchmark.parity.capture import locals_at_step, returns_of
-from benchmark.parity.core import ParityError, Problem, Sides, Tape, compare_states, copy_state, run, table, value_diff
-from benchmark.parity.refcode import locate, reference_code
+from benchmark.parity.core import (ParityError, Problem, Sides, Tape, compare_states, copy_state, locals_at_step,
+                                   locate, reference_code, returns_of, run, table, value_diff)
 
 # a tiny "released code": a regression trainer that draws its inputs with torch.randn and keeps its loss in a
 # local variable, as the authors' code does
@@ -217,8 +216,12 @@ def test_matches_released_code(method, tmp_path):
     assert adapter(method).REPO.split("/")[1] in result["reference"]["repo"]
 
 
-def test_cmi_kornia_views_option_runs():
-    """The compatibility option that the cmi parity needs: both views through kornia, as released."""
+@pytest.mark.parametrize("name,extra,terms", [
+    ("cmi", {"bank_size": 64, "n_neg": 8}, {"g_bn", "g_oh", "g_adv", "g_cr", "s_kd"}),
+    ("fast-2", {"warmup": 0}, {"g_bn", "g_oh", "g_adv", "s_kd"}),
+])
+def test_kornia_views_option_runs(name, extra, terms):
+    """The compatibility option that the cmi and fast parity needs: the views through kornia, as released."""
     pytest.importorskip("kornia")
     from benchmark.build import build_method
     from benchmark.config import RunConfig, apply_overrides
@@ -233,28 +236,31 @@ def test_cmi_kornia_views_option_runs():
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = create_model("cnn_narrow", 10, spec.image_shape)
-    cls = METHODS.get("cmi")
-    cfg = apply_overrides(cls.Config(), {"batch_size": 8, "g_steps": 2, "kd_steps": 1, "ngf": 8, "bank_size": 64,
-                                         "n_neg": 8, "kornia_augment": True})
+    cls = METHODS.get(name)
+    cfg = apply_overrides(cls.Config(), {"batch_size": 8, "g_steps": 2, "kd_steps": 1, "ngf": 8,
+                                         "kornia_augment": True, **extra})
     method = build_method(cls, teacher, student, spec, torch.device("cpu"), cfg,
                           RunConfig(precision="fp32", channels_last=False), iterations=1)
+    assert method.kornia_view is not None if name != "cmi" else method.kornia_views is not None
     logs = method.train_iteration(0)
-    assert {"g_bn", "g_oh", "g_adv", "g_cr", "s_kd"} <= set(logs) and len(method.pool) == 8
+    assert terms <= set(logs) and len(method.pool) == 8
     assert all(torch.isfinite(v) for v in logs.values())
 
 
-def test_markdown_report_lists_terms_groups_and_uncompared_methods(toy_root):
+def test_markdown_report_lists_terms_groups_and_uncompared_methods(toy_root, monkeypatch):
     import argparse
 
-    from benchmark.parity import NOT_COMPARED
+    import benchmark.parity
     from benchmark.parity.report import markdown
+
+    monkeypatch.setattr(benchmark.parity, "NOT_COMPARED", {"other": "no adapter yet"})
 
     result = run(toy_adapter(), tiny_problem(), toy_root)
     args = argparse.Namespace(pair="a:b", batch=4, dtype="float64", seed=0)
     text = markdown([result], {}, args, {"toy": ["why it differs"]})
     assert "## `toy`" in text and "| loss `mse` (5 steps) |" in text and "| parameters `model.weight` after K |" in text
     assert "`0123abc`" in text and "- why it differs" in text
-    assert "## Not compared yet" in text and all(f"- `{m}`" in text for m in NOT_COMPARED)
+    assert "## Not compared yet" in text and "- `other`: no adapter yet" in text
 
 
 def test_report_from_json_files(toy_root, tmp_path):

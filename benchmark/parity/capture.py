@@ -1,5 +1,4 @@
-"""Capturing the reference side's loss terms without editing its code: the locals of the released
-training function at each ``optimizer.step()``, and the values a patched method returns."""
+"""Capturing loss terms: from the released functions' locals at optimizer.step(), or from our methods' returns."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +8,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .core import ParityError
+from .problem import ParityError
 
 
 def _scalar(v: Any) -> float:

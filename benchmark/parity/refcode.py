@@ -1,6 +1,4 @@
-"""Importing the authors' released code for the parity driver: finding a checkout under ``--reference``,
-its commit, and a context that puts it on ``sys.path`` with shims for what it needs and this machine lacks
-(CUDA calls, a removed torchvision module, optional packages), removing all of it afterwards."""
+"""Importing the authors' code: finding a checkout, its commit, and the shims it needs at run time."""
 from __future__ import annotations
 
 import contextlib
