@@ -94,18 +94,6 @@ class CMIConfig(PoolConfig):
     # RandomHorizontalFlip as released (needs kornia); off: the on-device re-implementation
     kornia_augment: bool = False
 
-    def validate(self) -> None:
-        super().validate()
-        if self.cr and self.cr_T <= 0:
-            raise ConfigError(f"cr_T must be > 0, got {self.cr_T}")
-        if self.cr and (self.bank_size < 1 or self.n_neg < 0):
-            raise ConfigError("bank_size must be >= 1 and n_neg >= 0")
-        if self.feature_layers not in ("auto", "bn", "blocks"):
-            raise ConfigError(f"feature_layers must be auto, bn or blocks, got {self.feature_layers!r}")
-        if not 0 < self.local_scale_min <= 1:
-            raise ConfigError("local_scale_min must be in (0, 1]")
-        if min(self.nz, self.ngf, self.head_dim) < 1:
-            raise ConfigError("nz, ngf and head_dim must be >= 1")
 
 
 class MemoryBank:

@@ -61,8 +61,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.checks import COUNT, FRACTION, NONNEG, POSITIVE, POS_COUNT, choice, ranges
-from benchmark.config import ConfigError
+from benchmark.checks import BETA, COUNT, NONNEG, POSITIVE, POS_COUNT, choice, ranges
 from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
 
@@ -71,7 +70,7 @@ from ._inversion import (PoolConfig, PoolDistillation, kornia_crop_flip, masked_
                          reset_first_layer)
 
 
-@ranges(warmup=COUNT, lr_z=POSITIVE, nz=POS_COUNT, ngf=POS_COUNT, adv=NONNEG, bn=NONNEG, oh=NONNEG, bn_mmt=FRACTION,
+@ranges(warmup=COUNT, lr_z=POSITIVE, nz=POS_COUNT, ngf=POS_COUNT, adv=NONNEG, bn=NONNEG, oh=NONNEG, bn_mmt=BETA,
         meta=choice("fomaml", "reptile"), reptile_scale=POSITIVE, reset_l0_after=COUNT)
 @dataclass
 class FastConfig(PoolConfig):
@@ -94,16 +93,6 @@ class FastConfig(PoolConfig):
     # released (needs kornia; always flips); off: the on-device re-implementation
     kornia_augment: bool = False
 
-    def validate(self) -> None:
-        super().validate()
-        if self.warmup < 0 or self.reset_l0_after < 0:
-            raise ConfigError("warmup and reset_l0_after must be >= 0")
-        if self.meta not in ("fomaml", "reptile"):
-            raise ConfigError(f"meta must be fomaml or reptile, got {self.meta!r}")
-        if not 0 <= self.bn_mmt < 1:
-            raise ConfigError(f"bn_mmt must be in [0, 1), got {self.bn_mmt}")
-        if min(self.nz, self.ngf) < 1:
-            raise ConfigError("nz and ngf must be >= 1")
 
 
 # scripts/fast_cifar.sh: 220 epochs (20 of synthesis only), batch 256, kd_steps = ep_steps = 400

@@ -228,9 +228,9 @@ def test_matches_released_code(method, tmp_path):
 def test_kornia_views_option_runs(name, extra, terms):
     """The compatibility option that the cmi and fast parity needs: the views through kornia, as released."""
     pytest.importorskip("kornia")
-    from benchmark.config import apply_overrides
+    from benchmark.build import build_method
+    from benchmark.config import RunConfig, apply_overrides
     from benchmark.data import get_dataset
-    from benchmark.method import MethodContext
     from benchmark.models import create_model
     from benchmark.registry import METHODS
     import methods  # noqa: F401
@@ -240,12 +240,12 @@ def test_kornia_views_option_runs(name, extra, terms):
     teacher = create_model("cnn_narrow", 10, spec.image_shape).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    ctx = MethodContext(teacher=teacher, student=create_model("cnn_narrow", 10, spec.image_shape), dataset=spec,
-                        device=torch.device("cpu"), iterations=1)
+    student = create_model("cnn_narrow", 10, spec.image_shape)
     cls = METHODS.get(name)
     cfg = apply_overrides(cls.Config(), {"batch_size": 8, "g_steps": 2, "kd_steps": 1, "ngf": 8,
                                          "kornia_augment": True, **extra})
-    method = cls(ctx, cfg)
+    method = build_method(cls, teacher, student, spec, torch.device("cpu"), cfg,
+                          RunConfig(precision="fp32", channels_last=False), iterations=1)
     assert method.kornia_view is not None if name != "cmi" else method.kornia_views is not None
     logs = method.train_iteration(0)
     assert terms <= set(logs) and len(method.pool) == 8

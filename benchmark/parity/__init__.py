@@ -8,7 +8,7 @@ same random draws (every ``torch.randn / rand / randint / randperm`` our side ma
 back to the reference in the same order). Every loss term is compared at every step, every parameter group
 (and BatchNorm running statistics) after K iterations. The reference code is imported at run time from the
 checkouts under ``--reference`` (never copied here); shims for what it needs but this machine lacks live in
-:func:`core.reference_code`. See docs/fidelity.md for the results and the method docstrings for the
+:func:`refcode.reference_code`. See docs/fidelity.md for the results and the method docstrings for the
 compatibility options.
 
 One adapter module per family of reference code; ``ADAPTERS`` maps a method to its module.

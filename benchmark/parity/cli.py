@@ -60,7 +60,7 @@ def _check(args: argparse.Namespace) -> tuple[list[str], str, str]:
         raise ConfigError(f"--reference {args.reference}: not a folder")
     for name in names:
         mod = adapter(name)
-        from .core import locate
+        from .refcode import locate
         locate(args.reference, mod.REPO, mod.MARKER)
     return names, teacher, student
 

@@ -98,7 +98,7 @@ def build(problem: Problem, path) -> Sides:
     cls = REGISTRY.get("cpsc-dfkd")
     cfg = apply_overrides(cls.Config(), options)
     cfg.validate()
-    ours = cls(problem.context(), cfg)
+    ours = problem.build_ours(cls, cfg)
     ours.generator.to(problem.dtype)
     if ours.adapter is not None:
         from .core import ParityError

@@ -82,7 +82,7 @@ def build(problem: Problem, path) -> Sides:
     cls = REGISTRY.get(method)
     cfg = apply_overrides(cls.Config(), options)
     cfg.validate()
-    ours = cls(problem.context(), cfg)
+    ours = problem.build_ours(cls, cfg)
     ours.generator.to(problem.dtype)
     ours.fast_generator.to(problem.dtype)
 

@@ -47,8 +47,11 @@ class Problem:
             p.requires_grad_(False)
         return self
 
-    def context(self):
-        from benchmark.method import MethodContext
+    def build_ours(self, cls, cfg):
+        """Our side of the comparison: ``cls`` with ``cfg`` on this problem's teacher and student, put
+        together as the runner does (:func:`benchmark.build.build_method`), in plain NCHW fp32/fp64."""
+        from benchmark.build import build_method
+        from benchmark.config import RunConfig
 
-        return MethodContext(teacher=self.teacher, student=self.student, dataset=self.spec,
-                             device=torch.device("cpu"), iterations=self.steps, precision="fp32")
+        return build_method(cls, self.teacher, self.student, self.spec, torch.device("cpu"), cfg,
+                            RunConfig(precision="fp32", channels_last=False), iterations=self.steps)
