@@ -123,6 +123,8 @@ def markdown(results: list[Result], defaults: dict[str, Result], args: argparse.
                   "Ours with the options: " + (", ".join(f"`{k}={v}`" for k, v in r.options.items()) or "defaults")
                   + ".", ""]
         lines += _rows(r)
+        if not r.floor:
+            lines += ["", "Rounding floor not measured for this run (`--no-floor`)."]
         first = first_beyond_tolerance(r)
         if first is not None:
             lines += ["", f"Every loss term is within the tolerance in the first {first} of {r.problem['steps']} iterations; "
