@@ -15,7 +15,7 @@ from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import DATASETS, METHODS
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 from benchmark.teachers import get_teacher
 from methods._common import eval_mode, no_param_grad
 from methods._curriculum import pace, self_paced_weight, stepped_weight

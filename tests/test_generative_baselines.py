@@ -15,7 +15,7 @@ from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import DATASETS, METHODS
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 from benchmark.teachers import get_teacher
 from methods.zskt import attention_loss, stage_modules
 

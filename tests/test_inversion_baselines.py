@@ -16,7 +16,7 @@ from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 from methods import fast as fast_module
 from methods._inversion import (ImagePool, js_divergence, masked_disagreement,
                                 random_crop_flip, random_resized_crop)

@@ -16,7 +16,7 @@ from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 from methods.nayer import (NoisyLayerGenerator, balanced_targets, load_label_embedding,
                            random_label_embedding)
 from grad_flags import nonzero_grads

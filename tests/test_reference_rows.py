@@ -15,7 +15,8 @@ from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import DATASETS, METHODS
-from benchmark.runner import RunOptions, resolve_cell, run_cell
+from benchmark.resolve import resolve_cell
+from benchmark.runner import RunOptions, run_cell
 from benchmark.teachers import get_teacher
 from methods.reference import RealBatches
 
