@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 from . import launch as launch_mod
-from .config import ConfigError, NotApplicableError
+from .config import ConfigError, NotApplicableError, parse_seeds
 from .data import DataError
 from .records import Cell, OutputLayout
 from .registry import DATASETS, METHODS, MODELS, UnknownNameError, load_plugins
-from .runner import RunOptions, resolve_cell
+from .resolve import resolve_cell
+from .runner import RunOptions
 from .tables import SpecError
 from .tables.expand import parse_sweeps, sweep_combinations
 
@@ -37,16 +38,6 @@ class Parser(argparse.ArgumentParser):
 
 def _load_plugins() -> None:
     load_plugins()
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds expects comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise UsageError("--seeds is empty")
-    return seeds
 
 
 def add_cell_arguments(p: argparse.ArgumentParser) -> None:
@@ -103,7 +94,7 @@ def cells_from_args(args: argparse.Namespace) -> list[Cell]:
     if args.teacher_ckpt and not Path(args.teacher_ckpt).is_file():
         raise UsageError(f"--teacher-ckpt {args.teacher_ckpt}: no such file")
     combos = [tuple(sorted(c.items())) for c in sweep_combinations(parse_sweeps(args.overrides))]
-    seeds = _seeds(args.seeds or "0")
+    seeds = parse_seeds(args.seeds or "0")
     cells: list[Cell] = []
     for spec in specs:
         if pairs_arg:

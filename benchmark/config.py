@@ -94,6 +94,17 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]`` (each seed's range is checked with the run config)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise ConfigError("--seeds is empty")
+    return seeds
+
+
 def parse_assignments(items: list[str] | None) -> dict[str, str]:
     """``['a=1', 'b=x']`` -> ``{'a': '1', 'b': 'x'}``; a malformed item raises ``ConfigError``."""
     out: dict[str, str] = {}

@@ -59,7 +59,7 @@ def identity(cell: "Cell") -> dict[str, Any]:
     """Everything that decides what a cell computes. Resolving checks the cell (raises ``ConfigError``,
     ``UnknownNameError``, ...)."""
     from .registry import load_plugins
-    from .runner import resolve_cell
+    from .resolve import resolve_cell
 
     load_plugins()
     resolved = resolve_cell(cell)

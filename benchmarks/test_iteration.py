@@ -38,7 +38,7 @@ from benchmark.data import get_dataset
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 
 PAIRS = {
     # name: (dataset, teacher, student, method overrides applied where the method has the key)

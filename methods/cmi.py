@@ -67,8 +67,8 @@ from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
 
 from ._common import no_param_grad, register_method
-from ._inversion import (FeatureMeans, PoolConfig, PoolDistillation, masked_disagreement,
-                         random_crop_flip, random_resized_crop, reset_generator)
+from ._inversion import (FeatureMeans, PoolConfig, PoolDistillation, kornia_augmentation, kornia_crop_flip,
+                         masked_disagreement, random_crop_flip, random_resized_crop, reset_generator)
 
 
 @ranges(nz=POS_COUNT, ngf=POS_COUNT, adv=NONNEG, bn=NONNEG, oh=NONNEG, cr=NONNEG, cr_T=POSITIVE, bank_size=POS_COUNT,
@@ -94,18 +94,6 @@ class CMIConfig(PoolConfig):
     # RandomHorizontalFlip as released (needs kornia); off: the on-device re-implementation
     kornia_augment: bool = False
 
-    def validate(self) -> None:
-        super().validate()
-        if self.cr and self.cr_T <= 0:
-            raise ConfigError(f"cr_T must be > 0, got {self.cr_T}")
-        if self.cr and (self.bank_size < 1 or self.n_neg < 0):
-            raise ConfigError("bank_size must be >= 1 and n_neg >= 0")
-        if self.feature_layers not in ("auto", "bn", "blocks"):
-            raise ConfigError(f"feature_layers must be auto, bn or blocks, got {self.feature_layers!r}")
-        if not 0 < self.local_scale_min <= 1:
-            raise ConfigError("local_scale_min must be in (0, 1]")
-        if min(self.nz, self.ngf, self.head_dim) < 1:
-            raise ConfigError("nz, ngf and head_dim must be >= 1")
 
 
 class MemoryBank:
@@ -191,12 +179,9 @@ def feature_layers(teacher: nn.Module, mode: str) -> list[nn.Module]:
 
 def kornia_views(image_shape, pad: int, scale_min: float):
     """The released code's two views with kornia (crop + flip; resized crop + flip), before normalisation."""
-    try:
-        from kornia import augmentation as K
-    except ImportError:
-        raise ConfigError("kornia_augment=true needs the kornia package") from None
+    K = kornia_augmentation()
     size = list(image_shape[1:])
-    return (torch.nn.Sequential(K.RandomCrop(size=size, padding=pad), K.RandomHorizontalFlip()),
+    return (kornia_crop_flip(image_shape, pad),
             torch.nn.Sequential(K.RandomResizedCrop(size=size, scale=(scale_min, 1.0)), K.RandomHorizontalFlip()))
 
 

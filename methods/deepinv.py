@@ -60,7 +60,6 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.checks import FRACTION, NONNEG, POSITIVE, ranges
-from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
 
 from ._common import no_param_grad, register_method
@@ -82,10 +81,6 @@ class DeepInvConfig(PoolConfig):
     js_T: float = 3.0                 # temperature of the adversarial JS divergence
     jitter: float = 1 / 8             # roll offsets of up to this fraction of the image size
 
-    def validate(self) -> None:
-        super().validate()
-        if self.bn < 0 or self.oh < 0 or self.adv < 0:
-            raise ConfigError("bn, oh and adv must be >= 0")
 
 
 _PAPER = {"iterations": 200, "batch_size": 256, "g_steps": 1000, "kd_steps": 400, "eval_every": 1, "log_every": 1,

@@ -71,7 +71,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.checks import COUNT, FRACTION, NONNEG, POS_COUNT, SEED, ranges
+from benchmark.checks import BETA, COUNT, NONNEG, POS_COUNT, SEED, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
 
@@ -82,7 +82,7 @@ CLIP_WEIGHTS = os.path.join(os.path.expanduser("~"), ".cache", "clip", "ViT-B-32
 
 
 @ranges(warmup=COUNT, g_life=POS_COUNT, g_loops=POS_COUNT, gwp_loops=POS_COUNT, adv=NONNEG, bn=NONNEG, oh=NONNEG,
-        bn_mmt=FRACTION, ngf=POS_COUNT, le_emb_size=POS_COUNT, label_embedding_dim=POS_COUNT, label_embedding_seed=SEED)
+        bn_mmt=BETA, ngf=POS_COUNT, le_emb_size=POS_COUNT, label_embedding_dim=POS_COUNT, label_embedding_seed=SEED)
 @dataclass
 class NAYERConfig(PoolConfig):
     batch_size: int = 512             # scripts/nayer_*.sh, CIFAR
@@ -106,14 +106,6 @@ class NAYERConfig(PoolConfig):
 
     def validate(self) -> None:
         super().validate()
-        for key in ("warmup",):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("g_life", "g_loops", "gwp_loops", "ngf", "le_emb_size", "label_embedding_dim"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not 0 <= self.bn_mmt < 1:
-            raise ConfigError(f"bn_mmt must be in [0, 1), got {self.bn_mmt}")
         if self.label_embedding not in ("auto", "clip", "random") and not os.path.isfile(self.label_embedding):
             raise ConfigError(f"label_embedding must be a file, clip, random or auto; no file {self.label_embedding!r}")
 

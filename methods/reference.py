@@ -139,14 +139,6 @@ class RealTrainConfig:
     def validate(self) -> None:
         if self.batch_size < 2:
             raise ConfigError("batch_size must be >= 2 (BatchNorm)")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.schedule not in ("multistep", "cosine", "constant"):
-            raise ConfigError(f"schedule must be 'multistep', 'cosine' or 'constant', got {self.schedule!r}")
-        if self.augment not in ("dataset", "none", "crop", "crop+flip"):
-            raise ConfigError(f"augment must be dataset, none, crop or crop+flip, got {self.augment!r}")
-        if any(not 0 <= m <= 1 for m in self.milestones):
-            raise ConfigError("milestones are fractions of the budget, each in [0, 1]")
 
 
 @ranges(temperature=POSITIVE, soft_weight=NONNEG, hard_weight=NONNEG)

@@ -14,7 +14,7 @@ from benchmark.cli import main
 from benchmark.config import ConfigError, RunConfig
 from benchmark.records import Cell
 from benchmark.registry import METHODS, load_plugins
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 
 load_plugins()
 

@@ -8,7 +8,8 @@ import torch
 
 import methods  # noqa: F401
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.registry import METHODS
 
@@ -27,8 +28,7 @@ def make(cfg_changes=None, student_arch="cnn_narrow"):
     student = create_model(student_arch, 10, spec.image_shape)
     cls = METHODS.get("cpsc-dfkd")
     cfg = dataclasses.replace(cls.Config(), batch_size=16, g_steps=1, s_steps=1, **(cfg_changes or {}))
-    ctx = MethodContext(teacher=teacher, student=student, dataset=spec, device=torch.device("cpu"), iterations=10)
-    return cls(ctx, cfg)
+    return build_method(cls, teacher, student, spec, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=10)
 
 
 def grad_norm(module):
@@ -166,3 +166,34 @@ def test_released_code_compatibility_options():
     m.generator_step()
     assert m.opt_g is not first
     assert torch.isfinite(m.student_step()["s_ce"])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "multistep", "cosine"])
+def test_generator_lr_schedule(schedule):
+    """constant: the released code's effective LR; multistep: its dead MultiStepLR's intent (x0.1 at each
+    milestone fraction of the budget); cosine: decays to 0 at the end of the budget with the student's LR."""
+    m = make({"lr_g_schedule": schedule, "lr_g_milestones": (0.3, 0.6)})  # 10 iterations: milestones 3, 6
+    lrs = []
+    for it in range(10):
+        m.train_iteration(it)
+        lrs.append(m.opt_g.param_groups[0]["lr"])
+    lr = m.cfg.lr_g
+    if schedule == "constant":
+        assert lrs == [lr] * 10
+    elif schedule == "multistep":
+        assert lrs[1] == pytest.approx(lr) and lrs[2] == pytest.approx(lr * 0.1)
+        assert lrs[5] == pytest.approx(lr * 0.01) and lrs[-1] == pytest.approx(lr * 0.01)
+    else:
+        assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_digits_default_decays_the_generator_lr():
+    budget = METHODS.get("cpsc-dfkd").budgets["default"]
+    assert budget["lr_g_schedule"] == "cosine" and budget["g_steps"] == 2 and budget["eta_g"] == 3.0
+
+
+def test_bad_lr_g_milestones_are_refused():
+    from benchmark.config import ConfigError
+    from benchmark.checks import check_ranges
+    with pytest.raises(ConfigError, match="lr_g_milestones"):
+        check_ranges(dataclasses.replace(METHODS.get("cpsc-dfkd").Config(), lr_g_milestones=(0.5, 1.5)))

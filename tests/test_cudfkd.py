@@ -10,11 +10,12 @@ import torch
 import methods  # noqa: F401
 from benchmark.config import ConfigError
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import DATASETS, METHODS
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 from benchmark.teachers import get_teacher
 from methods._common import eval_mode, no_param_grad
 from methods._curriculum import pace, self_paced_weight, stepped_weight
@@ -37,9 +38,7 @@ def build(teacher, iterations=10, **overrides):
     cfg.validate()
     torch.manual_seed(0)
     student = create_model("cnn_narrow", spec.num_classes, spec.image_shape)
-    ctx = MethodContext(teacher=teacher, student=student, dataset=spec, device=torch.device("cpu"),
-                        iterations=iterations)
-    return cls(ctx, cfg)
+    return build_method(cls, teacher, student, spec, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=iterations)
 
 
 def generator_terms(method, n=16):
@@ -198,11 +197,16 @@ def test_counters_logs_and_generator_init(teacher):
 
 
 def test_config_validation():
+    """Declared ranges (loss, epoch_iterations) and the method's own cross-field checks, as the runner runs them."""
+    from benchmark.checks import check_ranges
+
     cfg = METHODS.get("cudfkd").Config()
     for bad in ({"curriculum": "bogus"}, {"loss": "l2"}, {"adv_begin": 0.8, "adv_end": 0.2},
                 {"epoch_iterations": 0}, {"lambda_0": 0.0}):
         with pytest.raises(ConfigError):
-            dataclasses.replace(cfg, **bad).validate()
+            bad_cfg = dataclasses.replace(cfg, **bad)
+            check_ranges(bad_cfg)
+            bad_cfg.validate()
 
 
 # ---- presets ----------------------------------------------------------------------------------------------

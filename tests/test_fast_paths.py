@@ -16,7 +16,8 @@ import torch
 import methods  # noqa: F401
 from benchmark import env
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.registry import METHODS
 
@@ -33,12 +34,9 @@ def make(precision: str = "fp32", channels_last: bool = False, compile: bool = F
     torch.manual_seed(seed)
     teacher = create_model(SPEC.default_teacher, SPEC.num_classes, SPEC.image_shape).eval().requires_grad_(False)
     student = create_model(SPEC.default_student, SPEC.num_classes, SPEC.image_shape)
-    if channels_last:
-        teacher.to(memory_format=torch.channels_last)
-        student.to(memory_format=torch.channels_last)
-    ctx = MethodContext(teacher=torch.compile(teacher) if compile else teacher, student=student, dataset=SPEC,
-                        device=torch.device("cpu"), iterations=10, precision=precision, channels_last=channels_last)
-    return CPSC(ctx, CPSC.Config(**{"batch_size": 64, "g_steps": 1, "s_steps": 1, **cfg}))
+    run_cfg = RunConfig(precision=precision, channels_last=channels_last, compile=compile)
+    return build_method(CPSC, teacher, student, SPEC, torch.device("cpu"),
+                        CPSC.Config(**{"batch_size": 64, "g_steps": 1, "s_steps": 1, **cfg}), run_cfg, iterations=10)
 
 
 def step_losses(**switches) -> dict[str, float]:

@@ -10,11 +10,12 @@ import torch
 import methods  # noqa: F401
 from benchmark.config import ConfigError
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import DATASETS, METHODS
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 from benchmark.teachers import get_teacher
 from methods.zskt import attention_loss, stage_modules
 
@@ -37,9 +38,7 @@ def build(name, teacher, iterations=10, **overrides):
     cfg.validate()
     torch.manual_seed(0)
     student = create_model("cnn_narrow", spec.num_classes, spec.image_shape)
-    ctx = MethodContext(teacher=teacher, student=student, dataset=spec, device=torch.device("cpu"),
-                        iterations=iterations)
-    return cls(ctx, cfg)
+    return build_method(cls, teacher, student, spec, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=iterations)
 
 
 def only(name, term):
@@ -295,10 +294,19 @@ def test_sample_is_the_student_batch_and_leaves_the_generator_unchanged(sample_m
 
 
 def test_config_validation():
+    """Declared ranges first, then the method's own cross-field checks, as the runner runs them."""
+    from benchmark.checks import check_ranges
+
+    def check(cfg):
+        check_ranges(cfg)
+        cfg.validate()
+
     with pytest.raises(ConfigError):
-        dataclasses.replace(METHODS.get("dfad").Config(), sample_mode="bogus").validate()
+        check(dataclasses.replace(METHODS.get("dfad").Config(), sample_mode="bogus"))
     with pytest.raises(ConfigError):
-        dataclasses.replace(METHODS.get("dafl").Config(), batch_size=0).validate()
+        check(dataclasses.replace(METHODS.get("dafl").Config(), batch_size=0))
+    with pytest.raises(ConfigError, match="synthesis batch"):
+        check(dataclasses.replace(METHODS.get("dafl").Config(), batch_size=1))
 
 
 # ---- presets -------------------------------------------------------------------------------------------------

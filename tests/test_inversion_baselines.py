@@ -11,11 +11,12 @@ import methods  # noqa: F401
 from benchmark.data import get_dataset
 from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 from methods import fast as fast_module
 from methods._inversion import (ImagePool, js_divergence, masked_disagreement,
                                 random_crop_flip, random_resized_crop)
@@ -45,9 +46,7 @@ def _method(name: str, iterations: int = 10, **overrides):
     cfg.validate()
     torch.manual_seed(1)
     student = create_model("cnn_narrow", 10, SPEC.image_shape)
-    ctx = MethodContext(teacher=_teacher(), student=student, dataset=SPEC, device=torch.device("cpu"),
-                        iterations=iterations)
-    return cls(ctx, cfg)
+    return build_method(cls, _teacher(), student, SPEC, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=iterations)
 
 
 def _make_student_agree(m, images: torch.Tensor) -> None:

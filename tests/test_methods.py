@@ -12,7 +12,8 @@ from benchmark.config import ConfigError
 from benchmark.data import get_dataset
 from benchmark.records import Cell
 from benchmark.registry import METHODS
-from benchmark.runner import RunOptions, resolve_cell, run_cell
+from benchmark.resolve import resolve_cell
+from benchmark.runner import RunOptions, run_cell
 from benchmark.teachers import get_teacher
 
 ALL = METHODS.list()

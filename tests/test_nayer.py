@@ -11,11 +11,12 @@ import torch
 import methods  # noqa: F401
 from benchmark.config import ConfigError
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 from methods.nayer import (NoisyLayerGenerator, balanced_targets, load_label_embedding,
                            random_label_embedding)
 from grad_flags import nonzero_grads
@@ -42,9 +43,8 @@ def _method(iterations: int = 10, **overrides):
     cfg.validate()
     METHODS.get("nayer").check_config(cfg, SPEC)
     torch.manual_seed(1)
-    ctx = MethodContext(teacher=_teacher(), student=create_model("cnn_narrow", 10, SPEC.image_shape),
-                        dataset=SPEC, device=torch.device("cpu"), iterations=iterations)
-    return METHODS.get("nayer")(ctx, cfg)
+    return build_method("nayer", _teacher(), create_model("cnn_narrow", 10, SPEC.image_shape), SPEC, torch.device("cpu"), cfg,
+                        RunConfig(precision="fp32", channels_last=False), iterations=iterations)
 
 
 # ---- recipe -------------------------------------------------------------------------------------------------

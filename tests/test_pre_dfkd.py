@@ -10,7 +10,8 @@ import torch.nn as nn
 import methods  # noqa: F401
 from benchmark.config import ConfigError
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.registry import METHODS
 from grad_flags import nonzero_grads
@@ -35,9 +36,8 @@ def _method(iterations: int = 10, **overrides):
     cfg = dataclasses.replace(METHODS.get("pre-dfkd").Config(), **{**SMALL, **overrides})
     cfg.validate()
     torch.manual_seed(1)
-    ctx = MethodContext(teacher=_teacher(), student=create_model("cnn_narrow", 10, SPEC.image_shape),
-                        dataset=SPEC, device=torch.device("cpu"), iterations=iterations)
-    return METHODS.get("pre-dfkd")(ctx, cfg)
+    return build_method("pre-dfkd", _teacher(), create_model("cnn_narrow", 10, SPEC.image_shape), SPEC, torch.device("cpu"), cfg,
+                        RunConfig(precision="fp32", channels_last=False), iterations=iterations)
 
 
 def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:

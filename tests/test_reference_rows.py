@@ -10,11 +10,13 @@ import torch
 
 import methods  # noqa: F401
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import DATASETS, METHODS
-from benchmark.runner import RunOptions, resolve_cell, run_cell
+from benchmark.resolve import resolve_cell
+from benchmark.runner import RunOptions, run_cell
 from benchmark.teachers import get_teacher
 from methods.reference import RealBatches
 
@@ -83,9 +85,7 @@ def _method(name, teacher, iterations, **overrides):
     cfg = dataclasses.replace(cls.Config(), **overrides)
     cfg.validate()
     student = create_model("cnn_narrow", 10, spec.image_shape)
-    ctx = MethodContext(teacher=teacher, student=student, dataset=spec, device=torch.device("cpu"),
-                        iterations=iterations, real_train_data=lambda: spec.load("train"))
-    return cls(ctx, cfg)
+    return build_method(cls, teacher, student, spec, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=iterations)
 
 
 def test_multistep_schedule_decays_at_the_budget_fractions():
@@ -172,9 +172,8 @@ def test_kd_real_learns_on_the_bn_free_lenet_pair():
 
     cfg = resolve_cell(Cell("kd-real", "mnist", "lenet5", "lenet5_half", budget="default")).method_cfg
     student = create_model("lenet5_half", 10, (1, 32, 32))
-    ctx = MethodContext(teacher=teacher, student=student, dataset=get_dataset("mnist"), device=torch.device("cpu"),
-                        iterations=80, real_train_data=lambda: torch.utils.data.TensorDataset(x_train, y_train))
-    method = METHODS.get("kd-real")(ctx, cfg)
+    method = build_method("kd-real", teacher, student, get_dataset("mnist"), torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=80,
+                          real_train_data=lambda: torch.utils.data.TensorDataset(x_train, y_train))
     for it in range(80):
         method.train_iteration(it)
     student.eval()

@@ -25,7 +25,8 @@ from benchmark.report import (ReportError, accuracy_table, add_arguments, comman
                               render_latex, render_markdown, write_figures)
 from benchmark.report.load import mixed_runs
 from benchmark.report.published import PUBLISHED_CSV
-from benchmark.report.tables import Column, fmt_num
+from benchmark.report.columns import Column
+from benchmark.report.stats import fmt_num
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 RUNS = FIXTURES / "runs"

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 import methods  # noqa: F401
 from benchmark.config import ConfigError
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.registry import METHODS
 from methods.spaceshipnet import ActivationSites, SplitGenerator, channel_exchange, pair_stages
@@ -36,9 +37,8 @@ def _method(iterations: int = 10, **overrides):
     cfg = dataclasses.replace(METHODS.get("spaceshipnet").Config(), **{**small, **overrides})
     cfg.validate()
     torch.manual_seed(1)
-    ctx = MethodContext(teacher=_teacher(), student=create_model("cnn_narrow", 10, SPEC.image_shape),
-                        dataset=SPEC, device=torch.device("cpu"), iterations=iterations)
-    return METHODS.get("spaceshipnet")(ctx, cfg)
+    return build_method("spaceshipnet", _teacher(), create_model("cnn_narrow", 10, SPEC.image_shape), SPEC, torch.device("cpu"), cfg,
+                        RunConfig(precision="fp32", channels_last=False), iterations=iterations)
 
 
 def test_defaults_and_paper_budgets_follow_the_yaml():

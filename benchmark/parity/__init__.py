@@ -8,7 +8,7 @@ same random draws (every ``torch.randn / rand / randint / randperm`` our side ma
 back to the reference in the same order). Every loss term is compared at every step, every parameter group
 (and BatchNorm running statistics) after K iterations. The reference code is imported at run time from the
 checkouts under ``--reference`` (never copied here); shims for what it needs but this machine lacks live in
-:func:`core.reference_code`. See docs/fidelity.md for the results and the method docstrings for the
+:func:`refcode.reference_code`. See docs/fidelity.md for the results and the method docstrings for the
 compatibility options.
 
 One adapter module per family of reference code; ``ADAPTERS`` maps a method to its module.
@@ -24,19 +24,14 @@ ADAPTERS: dict[str, str] = {
     "dfq": "datafree_generative",
     "deepinv": "deepinv",
     "cmi": "cmi",
+    "fast-2": "fast",
+    "fast-5": "fast",
+    "fast-10": "fast",
+    "cpsc-dfkd": "cpsc",
 }
 
 # registered data-free methods whose authors' code is public but which this driver does not compare yet, and why
 NOT_COMPARED: dict[str, str] = {
-    "fast-2": "zju-vipa/Fast-Datafree `datafree.synthesis.FastMetaSynthesizer`. Not compared yet: the same "
-              "kornia views as CMI (here: the `kornia_augment` option the cmi adapter uses), plus the "
-              "meta-learning (Reptile-style "
-              "`fomaml_grad`) step, the latent optimiser (`lr_z`), the BN-statistics momentum and "
-              "`reset_l0`; the adapter (as for cmi, plus the meta step) was not written in this session.",
-    "fast-5": "As `fast-2` (same code, 5 generator steps).",
-    "fast-10": "As `fast-2` (same code, 10 generator steps).",
-    "cpsc-dfkd": "RoryShao/CPSC-DFKD (commit 1c6ade1): adapter owned by helper `cpsc` (issue 10), built on "
-                 "this driver's core.",
 }
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from .core import Problem, Sides, Tape, caller_locals, copy_state, locals_at_step
+from .capture import caller_locals, locals_at_step
+from .core import Problem, Sides, Tape, copy_state
 from .deepinv import _cifar_transform, _in_process_loader, _PoolState, _prepare_draws, _written_order
 
 REPO = "zju-vipa/Fast-Datafree"
@@ -88,7 +89,7 @@ def build(problem: Problem, path) -> Sides:
     cls = REGISTRY.get("cmi")
     cfg = apply_overrides(cls.Config(), options)
     cfg.validate()
-    ours = cls(problem.context(), cfg)
+    ours = problem.build_ours(cls, cfg)
     ours.generator.to(problem.dtype)
     if ours.head is not None:
         ours.head.to(problem.dtype)

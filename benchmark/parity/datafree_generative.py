@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from .core import Problem, Sides, copy_state, locals_at_step, returns_of
+from .capture import locals_at_step, returns_of
+from .core import Problem, Sides, copy_state
 
 REPO = "zju-vipa/CMI"
 MARKER = "datafree/synthesis/generative.py"
@@ -58,7 +59,7 @@ def build(problem: Problem, path) -> Sides:
     cls = REGISTRY.get(name)
     cfg = apply_overrides(cls.Config(), options)
     cfg.validate()
-    ours = cls(problem.context(), cfg)
+    ours = problem.build_ours(cls, cfg)
     ours.generator.to(problem.dtype)
 
     k = problem.spec.num_classes

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from .core import Problem, Sides, Tape, caller_locals, copy_state, locals_at_step, returns_of
+from .capture import caller_locals, locals_at_step, returns_of
+from .core import Problem, Sides, Tape, copy_state
 
 REPO = "zju-vipa/Fast-Datafree"
 MARKER = "datafree/synthesis/fast_meta.py"
@@ -171,7 +172,7 @@ def build(problem: Problem, path) -> Sides:
     cls = REGISTRY.get("deepinv")
     cfg = apply_overrides(cls.Config(), options)
     cfg.validate()
-    ours = cls(problem.context(), cfg)
+    ours = problem.build_ours(cls, cfg)
 
     k = problem.spec.num_classes
     teacher = registry.get_model(problem.teacher_arch, num_classes=k).to(problem.dtype).eval()

@@ -19,8 +19,9 @@ from .cli import add_arguments, command
 from .load import ReportError, load_records
 from .published import Published, load_published
 from .render import render_csv, render_latex, render_markdown, render_text
-from .tables import (AccuracyTable, Column, Table, accuracy_table, cost_table, equal_cost, equal_cost_table,
-                     quality_table, table_columns)
+from .accuracy import AccuracyTable, accuracy_table
+from .columns import Column, Table, table_columns
+from .costs import cost_table, equal_cost, equal_cost_table, quality_table
 
 __all__ = [
     "add_arguments", "command", "ReportError", "load_records", "Published", "load_published",

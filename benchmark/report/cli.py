@@ -8,7 +8,9 @@ from pathlib import Path
 from ..records import atomic_write_bytes
 from .load import ReportError, load_records, records_csv_frame
 from .render import render_csv, render_latex, render_markdown, render_text
-from .tables import LAYOUTS, METRICS, accuracy_table, cost_table, equal_cost_table, quality_table
+from .accuracy import accuracy_table
+from .columns import LAYOUTS, METRICS
+from .costs import cost_table, equal_cost_table, quality_table
 
 FORMATS = {"md": ".md", "latex": ".tex", "csv": ".csv"}
 

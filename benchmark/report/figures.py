@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .tables import METRICS, Column, _in_column, _variants, columns_of
+from .columns import METRICS, Column, _in_column, _variants, columns_of
 
 PDF_METADATA = {"CreationDate": None}     # no timestamp: the same records give the same PDF
 

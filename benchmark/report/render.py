@@ -1,7 +1,7 @@
 """Markdown, LaTeX (booktabs) and CSV text for the report's tables.
 
-Every renderer takes a :class:`~benchmark.report.tables.Table` or anything with ``to_table()`` (such as an
-:class:`~benchmark.report.tables.AccuracyTable`) and returns a string ending in a newline. The output depends
+Every renderer takes a :class:`~benchmark.report.columns.Table` or anything with ``to_table()`` (such as an
+:class:`~benchmark.report.accuracy.AccuracyTable`) and returns a string ending in a newline. The output depends
 only on the records, so a golden test can compare it byte for byte.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .tables import Table, Txt
+from .columns import Table, Txt
 
 __all__ = ["render_markdown", "render_latex", "render_csv", "render_text", "latex_escape"]
 

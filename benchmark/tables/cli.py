@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import parse_seeds
 from ..records import Cell
 from .expand import Expansion, budget_preset, expand
 from .spec import SpecError, load_spec, spec_names
@@ -34,9 +35,7 @@ def table_datasets(args: argparse.Namespace) -> list[str] | None:
 def _seeds(text: str | None) -> list[int] | None:
     if text is None:
         return None
-    from ..cli import _seeds as parse
-
-    return parse(text)
+    return parse_seeds(text)
 
 
 def table_expansion(args: argparse.Namespace) -> Expansion:

@@ -222,7 +222,7 @@ def expand(spec: TableSpec, seeds: Iterable[int] | None = None, sets: list[str] 
     replace the spec's (the ablation on another dataset). Unknown names and bad values raise; a missing
     budget is kept as the cell's ``problem``."""
     from ..registry import METHODS, load_plugins
-    from ..runner import resolve_cell
+    from ..resolve import resolve_cell
     from .spec import parse_pairs
 
     load_plugins()

@@ -8,7 +8,7 @@ differ in further overrides (a ``--set`` sweep), the row is split into one row p
 keys that differ, and the settings every record shares go to the notes. All seeds found are used.
 
 Layouts: ``accuracy`` (mean ± std, n, the published figure and the difference, best data-free row in bold with
-Welch's test, as :func:`benchmark.report.tables.accuracy_table`) and ``cost`` (accuracy and training hours
+Welch's test, as :func:`benchmark.report.accuracy.accuracy_table`) and ``cost`` (accuracy and training hours
 beside the published ones). Markers: ``—`` not run, ``failed (k)``, ``no budget`` (the method has no budget
 of that name for the column's dataset).
 """
@@ -23,8 +23,9 @@ import pandas as pd
 
 from ..report.load import ReportError, load_records
 from ..report.published import Published, load_published
-from ..report.tables import (ALPHA, MISSING, AccCell, AccRow, AccuracyTable, Column, Table, Txt, _mode_n, _stat,
-                             column_significance, fmt_acc, fmt_num, stat_text, METRICS)
+from ..report.accuracy import AccCell, AccRow, AccuracyTable
+from ..report.columns import ALPHA, METRICS, MISSING, Column, Table, Txt
+from ..report.stats import _mode_n, _stat, column_significance, fmt_acc, fmt_num, stat_text
 from .expand import Expansion, expand, record_key
 from .spec import SpecError, TableSpec, load_spec
 
