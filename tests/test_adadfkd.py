@@ -11,11 +11,12 @@ import torch.nn.functional as F
 import methods  # noqa: F401
 from benchmark.config import ConfigError
 from benchmark.data import get_dataset
-from benchmark.method import MethodContext
+from benchmark.build import build_method
+from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import DATASETS, METHODS
-from benchmark.runner import resolve_cell
+from benchmark.resolve import resolve_cell
 from benchmark.teachers import get_teacher
 from methods._common import eval_mode, no_param_grad
 from methods.adadfkd import batch_infonce, hard_factor, linear_adv_weight, ring_infonce
@@ -37,8 +38,8 @@ def build(teacher, iterations=10, student="cnn_narrow", **overrides):
     cfg.validate()
     torch.manual_seed(0)
     s = create_model(student, spec.num_classes, spec.image_shape)
-    ctx = MethodContext(teacher=teacher, student=s, dataset=spec, device=torch.device("cpu"), iterations=iterations)
-    return cls(ctx, cfg)
+    return build_method(cls, teacher, s, spec, torch.device("cpu"), cfg,
+                        RunConfig(precision="fp32", channels_last=False), iterations=iterations)
 
 
 def generator_terms(method, n=16):
@@ -162,7 +163,7 @@ def test_student_loss_adds_the_feature_infonce_under_the_self_paced_weight(teach
            + c.s_nce * batch_infonce(t_feat, s_feat, c.tau))
     lam = c.lambda_0 + c.lambda_growth * 3000
     v = (1 + math.exp(-lam)) / (1 + math.exp(float(raw) - lam))
-    assert float(terms["kd"]) == pytest.approx(v * float(raw), rel=1e-4)
+    assert float(terms["kd"].detach()) == pytest.approx(v * float(raw), rel=1e-4)
     # the InfoNCE term reaches the student's feature extractor on its own
     method.student.zero_grad()
     batch_infonce(t_feat, method.student(x, return_features=True)[1], c.tau).backward()
