@@ -41,9 +41,17 @@ Deviations from the released code:
 - Stages and the last feature map are found per architecture (resnet: ``layer1..4``; wrn: ``block1..3``,
   CAM after the final BN-ReLU; vgg: ``block0..4``; the small digits CNNs: the end of each resolution);
   teacher and student stages are paired by resolution (the deepest stage of each resolution both have),
-  where the released code zips the two lists of its resnet/wrn/vgg variants. A model whose classifier is
-  not one linear layer (lenet) is refused. If the last feature maps differ in size, the teacher's CAM is
-  average-pooled to the student's.
+  where the released code zips the two lists of its resnet/wrn/vgg variants. If the last feature maps differ
+  in size, the teacher's CAM is average-pooled to the student's.
+- Not applicable to LeNet-5 (``lenet5``, ``lenet5_half`` and the ``_bn`` variants, so not to MNIST's default
+  pair): the mSARC CAM term projects the last feature map on the weights of a single linear classifier
+  (global average pooling + one FC, as in the released resnet/wrn/vgg). LeNet-5's last conv (c5, 5x5 on a
+  5x5 map) leaves a 1x1 map, so a CAM there has no spatial extent, and its head is a two-layer MLP
+  (120 -> 84 -> classes, ReLU), so there is no per-channel class weight to project with: the CAM is not
+  defined. CFE (generator-side) and the stage Grad-CAMs (28x28 after c1, 10x10 after c3) would carry over;
+  running without the CAM term (``cam=0``) or through an invented per-position MLP would be another loss,
+  and a GAP + linear head would no longer be LeNet-5. Refused before anything is trained
+  (``check_compatible``); the small digits CNNs (GAP + linear) are supported.
 - The student is initialised by the harness (released: Xavier-normal, gain sqrt(2)); the generator
   Kaiming-normal (fan in) as released; augmentations on the device; flips follow the dataset's training
   augmentation (``flip="auto"``: none for digits).
@@ -273,12 +281,14 @@ class SpaceshipNet(PoolDistillation):
     @classmethod
     def check_compatible(cls, teacher: nn.Module, dataset) -> None:
         """Also needs a network whose stages and single linear classifier ``ActivationSites`` knows (the CAM
-        runs the last feature map through that layer): LeNet-5's two-layer head on a 1x1 map has no CAM."""
+        runs the last feature map through that layer): LeNet-5's two-layer head on a 1x1 map has no CAM (see
+        the module docstring)."""
         super().check_compatible(teacher, dataset)
         net = getattr(teacher, "_orig_mod", teacher)
         if not isinstance(net, (CifarResNet, WideResNet, VGG, SmallCNN)):
             raise NotApplicableError(f"method 'spaceshipnet' needs the stages and linear classifier of a resnet, "
-                                     f"wrn, vgg or small CNN; {type(net).__name__} is not supported")
+                                     f"wrn, vgg or small CNN (its CAM projects the last feature map on one linear classifier); "
+                                     f"{type(net).__name__} has a 1x1 last map and a two-layer head, so no CAM")
 
     budgets = {
         # seconds on a 2-core CPU; lands well above chance on digits (tests/test_methods.py)

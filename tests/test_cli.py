@@ -199,5 +199,5 @@ def test_spaceshipnet_is_not_applicable_to_lenet_before_any_teacher(tmp_path, ca
     out = tmp_path / "out"
     code, _, err = run_main(["run", "--methods", "spaceshipnet", "--dataset", "mnist", "--data-root",
                              str(tmp_path / "nowhere"), "--out", str(out)], capsys)
-    assert code == 2 and "LeNet5 is not supported" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "LeNet5 has a 1x1 last map and a two-layer head, so no CAM" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()

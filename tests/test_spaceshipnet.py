@@ -159,6 +159,11 @@ def test_stages_pair_by_resolution_and_lenet_is_refused():
     assert pairs == [(0, 0), (1, 1), (2, 2), (4, 3)]          # vgg block3 and block4 are both 4x4: the deeper
     with pytest.raises(ConfigError, match="not supported"):
         ActivationSites(create_model("lenet5", 10, (1, 32, 32)))
+    from benchmark.config import NotApplicableError
+    from methods.spaceshipnet import SpaceshipNet
+    for arch in ("lenet5_bn", "lenet5_half_bn"):        # MNIST default pair: 1x1 last map, two-layer head
+        with pytest.raises(NotApplicableError, match="no CAM"):
+            SpaceshipNet.check_compatible(create_model(arch, 10, (1, 32, 32)), None)
 
 
 def test_feature_pools_are_part_of_the_checkpoint():
