@@ -185,6 +185,25 @@ class AccuracyTable:
         return frame
 
 
+def summarize_cells(rows: list[AccRow], columns: list[Column], cells: dict[tuple[str, Column], AccCell],
+                    alpha: float) -> tuple[dict[Column, bool], dict[Column, Significance | None]]:
+    """Fill in each row's usual seed count and mark each column's best data-free cells (bold, † where the
+    lead is significant); returns which columns show a published figure and each column's test."""
+    for row in rows:
+        row.usual_n = _mode_n(cells[(row.label, c)].stat.n for c in columns if cells[(row.label, c)].stat)
+    with_published = {c: any(cells[(r.label, c)].paper is not None for r in rows) for c in columns}
+    significance: dict[Column, Significance | None] = {}
+    for col in columns:
+        by_row = {r.label: cells[(r.label, col)].stat for r in rows if r.data_free and cells[(r.label, col)].stat}
+        sig = column_significance(by_row, alpha)
+        significance[col] = sig
+        if sig is not None:
+            for label in sig.best:
+                cells[(label, col)].best = True
+                cells[(label, col)].significant = sig.significant
+    return with_published, significance
+
+
 def accuracy_table(df: pd.DataFrame, metric: str = "final", table: str = "all",
                    published: Published | None | bool = None, alpha: float = ALPHA) -> AccuracyTable:
     """The main table. ``table``: see :func:`table_columns`; ``published``: ``None`` loads the project's
@@ -219,18 +238,6 @@ def accuracy_table(df: pd.DataFrame, metric: str = "final", table: str = "all",
             for f in part[part["status"] != "done"].itertuples(index=False):
                 err = (f.error or "no error message").splitlines()[0] if isinstance(f.error, str) else "no error message"
                 failures.append(f"{row.label} on {col.label} seed {f.seed}: {err[:160]}")
-    for row in rows:
-        row.usual_n = _mode_n(cells[(row.label, c)].stat.n for c in columns if cells[(row.label, c)].stat)
-    with_published = {c: any(cells[(r.label, c)].paper is not None for r in rows) for c in columns}
-
-    significance: dict[Column, Significance | None] = {}
-    for col in columns:
-        by_row = {r.label: cells[(r.label, col)].stat for r in rows if r.data_free and cells[(r.label, col)].stat}
-        sig = column_significance(by_row, alpha)
-        significance[col] = sig
-        if sig is not None:
-            for label in sig.best:
-                cells[(label, col)].best = True
-                cells[(label, col)].significant = sig.significant
+    with_published, significance = summarize_cells(rows, columns, cells, alpha)
     return AccuracyTable(table, metric, columns, rows, cells, with_published, significance, failures, alpha,
                          common_settings(df), mixed_runs(sub))

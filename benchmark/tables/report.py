@@ -23,9 +23,9 @@ import pandas as pd
 
 from ..report.load import ReportError, load_records
 from ..report.published import Published, load_published
-from ..report.accuracy import AccCell, AccRow, AccuracyTable
+from ..report.accuracy import AccCell, AccRow, AccuracyTable, summarize_cells
 from ..report.columns import ALPHA, METRICS, MISSING, Column, Table, Txt
-from ..report.stats import _mode_n, _stat, column_significance, fmt_acc, fmt_num, stat_text
+from ..report.stats import _stat, fmt_acc, fmt_num, stat_text
 from .expand import Expansion, expand, record_key
 from .spec import SpecError, TableSpec, load_spec
 
@@ -139,18 +139,7 @@ def build(exp: Expansion, df: pd.DataFrame, metric: str, published: Published | 
                 err = f.error.splitlines()[0] if isinstance(f.error, str) and f.error else "no error message"
                 failures.append(f"{row.label} on {col.label} seed {f.seed}: {err[:160]}")
     acc_rows = [AccRow(r.label, r.method, r.data_free) for r in rows]
-    for row in acc_rows:
-        row.usual_n = _mode_n(cells[(row.label, c)].stat.n for c in columns if cells[(row.label, c)].stat)
-    with_published = {c: any(cells[(r.label, c)].paper is not None for r in acc_rows) for c in columns}
-    significance = {}
-    for col in columns:
-        by_row = {r.label: cells[(r.label, col)].stat for r in acc_rows if r.data_free and cells[(r.label, col)].stat}
-        sig = column_significance(by_row, ALPHA)
-        significance[col] = sig
-        if sig is not None:
-            for label in sig.best:
-                cells[(label, col)].best = True
-                cells[(label, col)].significant = sig.significant
+    with_published, significance = summarize_cells(acc_rows, columns, cells, ALPHA)
     settings = [f"budget {exp.planned[0].cell.budget if exp.planned else exp.spec.budget}"]
     if frame.attrs.get("common"):
         settings.append("--set " + " ".join(f"{k}={v}" for k, v in frame.attrs["common"]))
