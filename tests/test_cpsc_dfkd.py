@@ -190,6 +190,7 @@ def test_generator_lr_schedule(schedule):
 def test_digits_default_decays_the_generator_lr():
     budget = METHODS.get("cpsc-dfkd").budgets["default"]
     assert budget["lr_g_schedule"] == "cosine" and budget["g_steps"] == 2 and budget["eta_g"] == 3.0
+    assert budget["ngf"] == 32       # issue 13: half the cost of the recipe's 64 at equal accuracy (docstring)
 
 
 def test_bad_lr_g_milestones_are_refused():
