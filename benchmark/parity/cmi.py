@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .capture import caller_locals, locals_at_step
+from .capture import caller_locals, locals_at_step, pool_iteration_terms
 from .core import Problem, Sides, Tape, copy_state
 from .deepinv import _cifar_transform, _in_process_loader, _PoolState, _prepare_draws, _written_order
 
@@ -127,31 +127,12 @@ def build(problem: Problem, path) -> Sides:
     weights = {"bn": SCRIPT["bn"], "oh": SCRIPT["oh"], "adv": SCRIPT["adv"], "cr": SCRIPT["cr"]}
 
     def ours_iteration(i: int) -> list[dict[str, float]]:
-        g_rows: list[dict[str, float]] = []
-        s_rows: list[dict[str, float]] = []
-        original_losses, original_student_step = ours.losses, ours.student_step
-
-        def losses(images, targets):
-            terms, feats = original_losses(images, targets)
-            row = {f"g_{k}": float(v.detach()) for k, v in terms.items()}
-            row["g_total"] = float(torch.stack([v.detach() for v in terms.values()]).sum())
-            g_rows.append(row)
-            return terms, feats
-
-        def student_step():
-            loss = original_student_step()
-            s_rows.append({"s_kd": float(loss.detach())})
-            return loss
-
-        ours.losses, ours.student_step = losses, student_step
         our_reset.seed = 1000 + i
         saved, ours_module.reset_generator = ours_module.reset_generator, our_reset
         try:
-            ours.train_iteration(i)
+            return pool_iteration_terms(ours, i, terms_of=lambda out: out[0])     # losses: (terms, features)
         finally:
             ours_module.reset_generator = saved
-            del ours.losses, ours.student_step
-        return g_rows + s_rows
 
     def ref_iteration(i: int) -> list[dict[str, float]]:
         tape = tape_holder["tape"]

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .capture import caller_locals, locals_at_step, returns_of
+from .capture import caller_locals, locals_at_step, pool_iteration_terms
 from .core import Problem, Sides, Tape, copy_state
 
 REPO = "zju-vipa/Fast-Datafree"
@@ -194,24 +194,7 @@ def build(problem: Problem, path) -> Sides:
     tape_holder: dict[str, Tape] = {}                          # filled by core.run
 
     def ours_iteration(i: int) -> list[dict[str, float]]:
-        g_rows: list[dict[str, float]] = []
-        s_rows: list[dict[str, float]] = []
-        original_student_step = ours.student_step
-
-        def student_step():
-            loss = original_student_step()
-            s_rows.append({"s_kd": float(loss.detach())})
-            return loss
-
-        ours.student_step = student_step
-        try:
-            with returns_of(ours, "losses", g_rows):
-                ours.train_iteration(i)
-        finally:
-            del ours.student_step
-        for row in g_rows:
-            row["g_total"] = sum(row.values())
-        return [{f"g_{k}" if k != "g_total" else k: v for k, v in r.items()} for r in g_rows] + s_rows
+        return pool_iteration_terms(ours, i)
 
     g_names = {"g_adv": lambda loc: SCRIPT["adv"] * loc["loss_adv"], "g_bn": lambda loc: SCRIPT["bn"] * loc["loss_bn"],
                "g_oh": lambda loc: SCRIPT["oh"] * loc["loss_oh"], "g_total": "loss"}

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from .core import Problem, Sides, Tape, caller_locals, copy_state, locals_at_step, returns_of
+from .capture import caller_locals, locals_at_step, pool_iteration_terms
+from .core import Problem, Sides, Tape, copy_state
 from .deepinv import _cifar_transform, _in_process_loader, _PoolState, _prepare_draws, _written_order
 
 REPO = "zju-vipa/Fast-Datafree"
@@ -109,25 +110,7 @@ def build(problem: Problem, path) -> Sides:
     tape_holder: dict[str, Tape] = {}                          # filled by core.run
 
     def ours_iteration(i: int) -> list[dict[str, float]]:
-        g_rows: list[dict[str, float]] = []
-        s_rows: list[dict[str, float]] = []
-        original_student_step = ours.student_step
-
-        def student_step():
-            loss = original_student_step()
-            s_rows.append({"s_kd": float(loss.detach())})
-            return loss
-
-        ours.student_step = student_step
-        try:
-            with returns_of(ours, "losses", g_rows):
-                ours.train_iteration(i)
-        finally:
-            del ours.student_step
-        out = []
-        for row in g_rows:
-            out.append({f"g_{k}": v for k, v in row.items()} | {"g_total": sum(row.values())})
-        return out + s_rows
+        return pool_iteration_terms(ours, i)
 
     def ref_iteration(i: int) -> list[dict[str, float]]:
         tape = tape_holder["tape"]
