@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
 
 import methods  # noqa: F401
-from benchmark.data import get_dataset
 from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
-from benchmark.build import build_method
-from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
@@ -23,30 +19,16 @@ from methods._inversion import (ImagePool, js_divergence, masked_disagreement,
 from methods.cmi import feature_layers
 from methods.fast import Fast
 from grad_flags import nonzero_grads
+from method_kit import SPEC, build_small, mismatched_bn_teacher
 
-SPEC = get_dataset("digits")
 SMALL = {"batch_size": 16, "g_steps": 2, "kd_steps": 2}
 
 
-def _teacher() -> torch.nn.Module:
-    torch.manual_seed(0)
-    t = create_model("cnn_wide", 10, SPEC.image_shape)
-    with torch.no_grad():            # BN statistics that random images do not match
-        for m in t.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return t.eval().requires_grad_(False)
-
-
 def _method(name: str, iterations: int = 10, **overrides):
-    cls = METHODS.get(name)
-    small = {**SMALL, "ngf": 16} if hasattr(cls.Config(), "ngf") else SMALL
-    cfg = dataclasses.replace(cls.Config(), **{**small, **overrides})
-    cfg.validate()
+    small = {**SMALL, "ngf": 16} if hasattr(METHODS.get(name).Config(), "ngf") else SMALL
     torch.manual_seed(1)
     student = create_model("cnn_narrow", 10, SPEC.image_shape)
-    return build_method(cls, _teacher(), student, SPEC, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=iterations)
+    return build_small(name, mismatched_bn_teacher(), iterations, student, **{**small, **overrides})
 
 
 def _make_student_agree(m, images: torch.Tensor) -> None:
@@ -116,7 +98,7 @@ def test_augmentations_keep_shape_and_pass_gradient():
 
 
 def test_bn_prior_matches_the_released_formula_and_blends_with_momentum():
-    teacher = _teacher()
+    teacher = mismatched_bn_teacher()
     prior = BatchNormStatistics(teacher, momentum=0.9)
     x = torch.randn(8, 1, 16, 16)
     stats = []
