@@ -65,3 +65,18 @@ def batch_statistics(module: nn.Module):
 
 def balanced_labels(n: int, num_classes: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device) % num_classes
+
+
+@torch.no_grad()
+def dcgan_init(module: nn.Module) -> None:
+    """The DataFree library's ``reset_model`` (DCGAN init): conv / linear weights N(0, 0.02), biases 0, BN
+    weights N(1, 0.02), biases 0; running statistics are left alone. CMI's per-round re-initialisation, and
+    CuDFKD's and AdaDFKD's generator init."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)

@@ -62,10 +62,9 @@ from benchmark.checks import FINITE, FRACTION, NONNEG, POSITIVE, POS_COUNT, choi
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics, entropy_of_mean, kd_kl
 
-from ._common import register_method
+from ._common import dcgan_init, register_method
 from ._curriculum import CURRICULA, check_curriculum, pace, self_paced_weight
 from ._generative import GenerativeBaseline, GenerativeConfig
-from .cudfkd import dcgan_init
 
 
 @ranges(lmda_ent=FINITE, oh=NONNEG, bn=NONNEG, adv=NONNEG, adv_step=FINITE, adv_begin=FRACTION, adv_end=FRACTION,

@@ -59,14 +59,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmark.checks import FINITE, FRACTION, NONNEG, POSITIVE, POS_COUNT, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics, entropy_of_mean, kd_kl
 
-from ._common import register_method
+from ._common import dcgan_init, register_method
 from ._curriculum import CURRICULA, check_curriculum, pace, self_paced_weight, stepped_weight
 from ._generative import GenerativeBaseline, GenerativeConfig
 
@@ -122,18 +121,6 @@ _C10_WRN = _script(1024, 250, 20.0, "kl", 0.5, 0.05, 0.25, 0.75, 2.0, 1e-4)
 _C100_R34 = _script(768, 400, 5.0, "l1", 0.0, 0.35, 0.2, 0.8, 1.0, 2e-5)
 _C100_WRN = _script(1024, 500, 2.0, "kl", 0.0, 0.12, 0.2, 0.75, 1.0, 2e-5)
 _WRN_STUDENTS = ("wrn16_1", "wrn16_2", "wrn40_1")
-
-
-def dcgan_init(module: nn.Module) -> None:
-    """The released ``reset_model``: conv / linear weights N(0, 0.02), biases 0, BN weights N(1, 0.02)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
 
 
 def agreeing_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, T: float) -> torch.Tensor:
