@@ -1,7 +1,9 @@
-"""Pieces shared by several methods: schedules, sampling helpers, temporarily frozen modules."""
+"""Pieces shared by several methods: schedules, sampling helpers, temporarily frozen modules, the DCGAN
+initialisation and the alternating generator / student step loop."""
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -80,3 +82,14 @@ def dcgan_init(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+def alternate_steps(*phases: tuple[int, Callable[[], dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Run each phase's step (e.g. the generator's, then the student's) its count of times, phase after phase,
+    and return each logged term averaged over the steps of its phase."""
+    logs: dict[str, torch.Tensor] = {}
+    for steps, step in phases:
+        for _ in range(steps):
+            for k, v in step().items():
+                logs[k] = logs[k] + v / steps if k in logs else v / steps
+    return logs
