@@ -268,6 +268,24 @@ def kornia_crop_flip(image_shape, pad: int) -> nn.Module:
     return nn.Sequential(K.RandomCrop(size=list(image_shape[1:]), padding=pad), K.RandomHorizontalFlip())
 
 
+class LowestLoss:
+    """The tensors of a synthesis round's step with the lowest total loss, kept on the device (the released
+    ``if best_cost > loss: best_inputs = inputs`` without a host synchronisation): ``offer(total, *tensors)``
+    after each step (a ``None`` stays ``None``), then ``best`` holds the kept tensors, detached."""
+
+    def __init__(self, device: torch.device):
+        self.cost = torch.full((), float("inf"), device=device)
+        self.best: list[torch.Tensor | None] | None = None
+
+    @torch.no_grad()
+    def offer(self, total: torch.Tensor, *tensors: torch.Tensor | None) -> None:
+        better = total.detach() < self.cost
+        self.cost = torch.where(better, total.detach(), self.cost)
+        now = [None if t is None else t.detach() for t in tensors]
+        self.best = now if self.best is None else [
+            None if a is None else torch.where(better, a, b) for a, b in zip(now, self.best)]
+
+
 @torch.no_grad()
 def reset_first_layer(model: nn.Module) -> None:
     """Fast's ``reset_l0``: the modules named ``l1.0`` (the input Linear) and ``conv_blocks.0`` (the first

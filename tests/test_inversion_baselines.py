@@ -14,7 +14,7 @@ from benchmark.records import Cell
 from benchmark.registry import METHODS
 from benchmark.resolve import resolve_cell
 from methods import fast as fast_module
-from methods._inversion import (ImagePool, js_divergence, masked_disagreement,
+from methods._inversion import (ImagePool, LowestLoss, js_divergence, masked_disagreement,
                                 random_crop_flip, random_resized_crop)
 from methods.cmi import feature_layers
 from methods.fast import Fast
@@ -37,6 +37,16 @@ def _make_student_agree(m, images: torch.Tensor) -> None:
     with torch.no_grad():
         top = m.teacher(m.normalizer(images)).argmax(1).mode().values
         m.student.fc.bias[top] += 10.0
+
+
+def test_lowest_loss_keeps_the_step_with_the_lowest_total():
+    lowest = LowestLoss(torch.device("cpu"))
+    for cost, value in ((3.0, 1.0), (1.0, 2.0), (2.0, 3.0)):
+        x = torch.full((2,), value, requires_grad=True)
+        lowest.offer(torch.tensor(cost), x * 1, None)
+    images, feats = lowest.best
+    assert torch.equal(images, torch.full((2,), 2.0)) and not images.requires_grad and feats is None
+    assert float(lowest.cost) == 1.0
 
 
 # ---- the image pool ---------------------------------------------------------------------------------------
