@@ -252,12 +252,9 @@ class AdaDFKD(GenerativeBaseline):
     def generator_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.cfg
         terms: dict[str, torch.Tensor] = {}
-        if self.bn_stats is not None:
-            with self.bn_stats.recording():
-                t_logits, t_feat = self.teacher_forward(x, features=True)
-            terms["bn"] = c.bn * self.bn_stats.loss()
-        else:
-            t_logits, t_feat = self.teacher_forward(x, features=True)
+        (t_logits, t_feat), bn = self.teacher_forward_bn(x, self.bn_stats, features=True)
+        if bn is not None:
+            terms["bn"] = c.bn * bn
         if c.lmda_ent:
             terms["ent"] = c.lmda_ent * entropy_of_mean(F.softmax(t_logits.float() / c.T, 1))
         if c.oh:

@@ -278,12 +278,9 @@ class CPSCDFKD(DFKDMethod):
         with no_param_grad(self.student), self.ctx.autocast():
             x = self._layout(self.generator(z, y))
             self.counters["synthetic_images"] += x.shape[0]
-            if self.bn_stats is not None:
-                with self.bn_stats.recording():
-                    t_logits, t_feat = self.teacher_forward(x, features=True)
-                terms["bn"] = c.beta * self.bn_stats.loss()
-            else:
-                t_logits, t_feat = self.teacher_forward(x, features=True)
+            (t_logits, t_feat), bn = self.teacher_forward_bn(x, self.bn_stats, features=True)
+            if bn is not None:
+                terms["bn"] = c.beta * bn
             s_logits, s_feat = self.student(x, return_features=True)
             if c.adv:
                 terms["adv"] = -c.adv * kd_kl(s_logits, t_logits)
