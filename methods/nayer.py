@@ -340,9 +340,10 @@ class NAYER(PoolDistillation):
                     self._step_all(total, [opt], "synthesis")
                     self._accumulate(logs, {f"g_{k}": v for k, v in terms.items()} | {"g_total": total},
                                      1 / (c.g_steps * loops))
+                best_images = lowest.best[0]
                 if c.bn_mmt:
                     self.bn_prior.update_momentum()
-                self.pool.add(lowest.best[0], targets)
+                self.pool.add(best_images, targets)
         return logs
 
     def extra_state(self) -> dict:
