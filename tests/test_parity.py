@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from benchmark.cli import main
 from benchmark.parity import ADAPTERS, adapter
-from benchmark.parity.capture import pool_iteration_terms
+from benchmark.parity.capture import locals_at_each_step, pool_iteration_terms
 from benchmark.parity.core import (ParityError, Problem, Sides, Tape, compare_states, copy_state, locals_at_step,
                                    locate, reference_code, returns_of, run, table, value_diff)
 
@@ -161,6 +161,11 @@ def test_locals_and_returns_are_captured():
     with locals_at_step(opt, {"a": "loss_a", "twice": lambda loc: 2 * loc["loss_a"]}, rows):
         released_step()
     assert rows == [{"a": 2.0, "twice": 4.0}] and "step" not in vars(opt)
+
+    sgd_step, seen = torch.optim.SGD.step, []
+    with locals_at_each_step(torch.optim.SGD, lambda o, loc: seen.append((o is opt, float(loc["loss_a"].detach())))):
+        released_step()
+    assert seen == [(True, pytest.approx(1.6))] and torch.optim.SGD.step is sgd_step
 
     class Ours:
         def step(self):

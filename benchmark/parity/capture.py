@@ -59,6 +59,24 @@ def locals_at_step(optimizer: torch.optim.Optimizer, names: dict[str, Callable[[
 
 
 @contextlib.contextmanager
+def locals_at_each_step(cls: type, hook: Callable[[Any, dict[str, Any]], None]) -> Iterator[None]:
+    """While active, every ``cls.step()`` of any instance (the released synthesizers create their optimizers
+    inside ``synthesize()``, out of reach) first calls ``hook(optimizer, locals)`` with the local variables
+    of the function that called it."""
+    original = cls.step
+
+    def step(self, *args, **kwargs):
+        hook(self, caller_locals())
+        return original(self, *args, **kwargs)
+
+    cls.step = step
+    try:
+        yield
+    finally:
+        cls.step = original
+
+
+@contextlib.contextmanager
 def returns_of(obj: Any, attr: str, sink: list[dict[str, float]],
                keep: Callable[[str], bool] = lambda k: True) -> Iterator[None]:
     """While active, every call of ``obj.attr()`` appends the float values of the dict it returns to ``sink``
