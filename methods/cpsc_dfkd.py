@@ -138,7 +138,8 @@ from benchmark.losses import BatchNormStatistics, kd_kl, supervised_contrastive
 from benchmark.method import DFKDMethod
 from benchmark.models.generators import ConditionalGenerator
 
-from ._common import balanced_labels, batch_statistics, no_param_grad, register_method, warmup_cosine
+from ._common import (alternate_steps, balanced_labels, batch_statistics, no_param_grad, register_method,
+                      warmup_cosine)
 
 
 @ranges(batch_size=POS_COUNT, nz=POS_COUNT, ngf=POS_COUNT, g_steps=COUNT, s_steps=POS_COUNT, lr_g=POSITIVE,
@@ -288,12 +289,9 @@ class CPSCDFKD(DFKDMethod):
         with no_param_grad(self.student), self.ctx.autocast():
             x = self._layout(self.generator(z, y))
             self.counters["synthetic_images"] += x.shape[0]
-            if self.bn_stats is not None:
-                with self.bn_stats.recording():
-                    t_logits, t_feat = self.teacher_forward(x, features=True)
-                terms["bn"] = c.beta * self.bn_stats.loss()
-            else:
-                t_logits, t_feat = self.teacher_forward(x, features=True)
+            (t_logits, t_feat), bn = self.teacher_forward_bn(x, self.bn_stats, features=True)
+            if bn is not None:
+                terms["bn"] = c.beta * bn
             s_logits, s_feat = self.student(x, return_features=True)
             if c.adv:
                 terms["adv"] = -c.adv * kd_kl(s_logits, t_logits)
@@ -337,11 +335,7 @@ class CPSCDFKD(DFKDMethod):
     def train_iteration(self, iteration: int) -> dict[str, torch.Tensor]:
         self.student.train()
         self.generator.train()
-        logs: dict[str, torch.Tensor] = {}
-        for steps, step in ((self.cfg.g_steps, self.generator_step), (self.cfg.s_steps, self.student_step)):
-            for _ in range(steps):
-                for k, v in step().items():
-                    logs[k] = logs[k] + v / steps if k in logs else v / steps
+        logs = alternate_steps((self.cfg.g_steps, self.generator_step), (self.cfg.s_steps, self.student_step))
         self.sched_s.step()
         if self.sched_g is not None:
             self.sched_g.step()

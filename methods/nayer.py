@@ -76,7 +76,7 @@ from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
 
 from ._common import no_param_grad, register_method
-from ._inversion import PoolConfig, PoolDistillation, masked_disagreement, random_crop_flip
+from ._inversion import LowestLoss, PoolConfig, PoolDistillation, masked_disagreement, random_crop_flip
 
 CLIP_WEIGHTS = os.path.join(os.path.expanduser("~"), ".cache", "clip", "ViT-B-32.pt")
 
@@ -330,21 +330,17 @@ class NAYER(PoolDistillation):
                 gen.reset_noisy_layers()
                 targets = balanced_targets(n, self.num_classes, self.device)
                 opt = torch.optim.Adam(gen.parameters(), lr=c.lr_g, betas=(c.beta1_g, c.beta2_g))
-                best_cost = torch.full((), float("inf"), device=self.device)
-                best_images = None
+                lowest = LowestLoss(self.device)
                 for _ in range(c.g_steps):
                     images = gen(targets)
                     self.counters["synthetic_images"] += n
                     terms = self.losses(images, targets)
                     total = torch.stack(list(terms.values())).sum()
-                    with torch.no_grad():
-                        better = total.detach() < best_cost
-                        best_cost = torch.where(better, total.detach(), best_cost)
-                        best_images = images.detach() if best_images is None else torch.where(
-                            better, images.detach(), best_images)
+                    lowest.offer(total, images)
                     self._step_all(total, [opt], "synthesis")
                     self._accumulate(logs, {f"g_{k}": v for k, v in terms.items()} | {"g_total": total},
                                      1 / (c.g_steps * loops))
+                best_images = lowest.best[0]
                 if c.bn_mmt:
                     self.bn_prior.update_momentum()
                 self.pool.add(best_images, targets)

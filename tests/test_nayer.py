@@ -1,7 +1,6 @@
 """Method-specific tests of NAYER (methods/nayer.py): label embeddings, noisy layers, loop schedule, gradients."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 
@@ -10,41 +9,21 @@ import torch
 
 import methods  # noqa: F401
 from benchmark.config import ConfigError
-from benchmark.data import get_dataset
-from benchmark.build import build_method
-from benchmark.config import RunConfig
-from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
 from benchmark.resolve import resolve_cell
 from methods.nayer import (NoisyLayerGenerator, balanced_targets, load_label_embedding,
                            random_label_embedding)
 from grad_flags import nonzero_grads
+from method_kit import SPEC, build_small, mismatched_bn_teacher
 
-SPEC = get_dataset("digits")
 AUTHORS_PICKLE = "/work/refs/tmtuan1307+NAYER/label_embedding/cifar10_le.pickle"
-
-
-def _teacher() -> torch.nn.Module:
-    torch.manual_seed(0)
-    t = create_model("cnn_wide", 10, SPEC.image_shape)
-    with torch.no_grad():
-        for m in t.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return t.eval().requires_grad_(False)
 
 
 def _method(iterations: int = 10, **overrides):
     small = {"batch_size": 16, "synthesis_batch_size": 24, "g_steps": 2, "kd_steps": 2, "ngf": 8,
              "le_emb_size": 32, "label_embedding_dim": 16, "warmup": 1, "gwp_loops": 3, "g_loops": 2, "g_life": 2}
-    cfg = dataclasses.replace(METHODS.get("nayer").Config(), **{**small, **overrides})
-    cfg.validate()
-    METHODS.get("nayer").check_config(cfg, SPEC)
-    torch.manual_seed(1)
-    return build_method("nayer", _teacher(), create_model("cnn_narrow", 10, SPEC.image_shape), SPEC, torch.device("cpu"), cfg,
-                        RunConfig(precision="fp32", channels_last=False), iterations=iterations)
+    return build_small("nayer", mismatched_bn_teacher(), iterations, **{**small, **overrides})
 
 
 # ---- recipe -------------------------------------------------------------------------------------------------

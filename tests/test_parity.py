@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from benchmark.cli import main
 from benchmark.parity import ADAPTERS, adapter
+from benchmark.parity.capture import locals_at_each_step, pool_iteration_terms
 from benchmark.parity.core import (ParityError, Problem, Sides, Tape, compare_states, copy_state, locals_at_step,
                                    locate, reference_code, returns_of, run, table, value_diff)
 
@@ -161,6 +162,11 @@ def test_locals_and_returns_are_captured():
         released_step()
     assert rows == [{"a": 2.0, "twice": 4.0}] and "step" not in vars(opt)
 
+    sgd_step, seen = torch.optim.SGD.step, []
+    with locals_at_each_step(torch.optim.SGD, lambda o, loc: seen.append((o is opt, float(loc["loss_a"].detach())))):
+        released_step()
+    assert seen == [(True, pytest.approx(1.6))] and torch.optim.SGD.step is sgd_step
+
     class Ours:
         def step(self):
             return {"x": torch.tensor(1.5)}
@@ -169,6 +175,31 @@ def test_locals_and_returns_are_captured():
     with returns_of(obj, "step", out):
         obj.step()
     assert out == [{"x": 1.5}] and "step" not in vars(obj)
+
+
+def test_pool_iteration_terms_rows_in_order_and_restored():
+    class Pooled:                                              # the shape of deepinv / cmi / fast
+        def __init__(self, wrapped: bool):
+            self.wrapped = wrapped
+
+        def losses(self, x):
+            terms = {"bn": torch.tensor(x), "oh": torch.tensor(0.25)}
+            return (terms, None) if self.wrapped else terms
+
+        def student_step(self):
+            return torch.tensor(3.0)
+
+        def train_iteration(self, i):
+            for x in (1.0, 2.0):
+                self.losses(x)
+            self.student_step()
+
+    plain = Pooled(wrapped=False)
+    assert pool_iteration_terms(plain, 0) == [{"g_bn": 1.0, "g_oh": 0.25, "g_total": 1.25},
+                                              {"g_bn": 2.0, "g_oh": 0.25, "g_total": 2.25}, {"s_kd": 3.0}]
+    assert "losses" not in vars(plain) and "student_step" not in vars(plain)
+    rows = pool_iteration_terms(Pooled(wrapped=True), 0, terms_of=lambda out: out[0])
+    assert rows[1] == {"g_bn": 2.0, "g_oh": 0.25, "g_total": 2.25} and len(rows) == 3
 
 
 def test_reference_code_shims_and_cleans_up(tmp_path):
