@@ -291,7 +291,7 @@ def test_floor_does_not_excuse_a_real_difference(toy_root):
     assert other.floor["params"]["model.weight"] < 1e-12 < other.params["model.weight"]["rel"]
 
 
-def chaotic_adapter():
+def chaotic_adapter(dtype=torch.float64):
     """The logistic map at r = 3.9 computed in two mathematically equal orders: rounding differences grow
     until the two sequences are unrelated, as do two runs of the same order from slightly different starts."""
     mod = types.SimpleNamespace(REPO="toy/none", MARKER="none")
@@ -299,7 +299,7 @@ def chaotic_adapter():
     class State(nn.Module):
         def __init__(self):
             super().__init__()
-            self.x = nn.Parameter(torch.tensor(0.3, dtype=torch.float64), requires_grad=False)
+            self.x = nn.Parameter(torch.tensor(0.3, dtype=dtype), requires_grad=False)
 
     def build(problem, path):
         ours, ref = State(), State()
@@ -327,6 +327,17 @@ def test_floor_accepts_rounding_amplified_by_chaotic_dynamics():
     assert "within the rounding floor" in table(result)
 
 
+def test_floor_perturbs_float32_by_ulps_not_below_its_resolution():
+    """In float32 a perturbation of 1e-15 leaves the weights unchanged (floor 0, every rounding difference
+    would count as real); the floor then perturbs by a few float32 ulps."""
+    from benchmark.parity.floor import EPS, eps_for
+
+    assert eps_for(torch.float64) == EPS and 1e-7 < eps_for(torch.float32) < 1e-6
+    result = run(chaotic_adapter(torch.float32), tiny_problem(steps=80, dtype=torch.float32), None, with_floor=True)
+    assert not result.ok and result.floor["eps"] == eps_for(torch.float32)
+    assert result.within_floor and result.floor["terms"]["x"] > 1e-2
+
+
 def test_cpsc_generator_names_and_pair():
     from benchmark.models.generators import ConditionalGenerator
     from benchmark.parity import cpsc
@@ -342,3 +353,17 @@ def test_cpsc_generator_names_and_pair():
         args, "dafl", "wrn40_2", "wrn16_1", True).student_arch) == ("wrn16_2", "wrn16_1")
     args.pair_given = True
     assert _problem(args, "cpsc-dfkd", "wrn40_2", "wrn16_1", True).student_arch == "wrn16_1"
+
+
+def test_cudfkd_generator_names_follow_the_released_dcgan_generator():
+    """Our width-4 generator's keys map one to one onto ``DCGAN_Generator_CIFAR10``'s (``project.1``, ``main.*``
+    with the same module indices), so the state dicts copy across and compare group by group."""
+    from benchmark.models.generators import DataFreeGenerator
+    from benchmark.parity import cudfkd
+
+    keys = [cudfkd.generator_name(k) for k in DataFreeGenerator((3, 32, 32), 512, 8, 4).state_dict()]
+    assert len(set(keys)) == len(keys) and all(k.split(".")[0] in ("project", "main") for k in keys)
+    # the released layout: Flatten + Linear; BN, up, conv, BN, LReLU, up, conv, BN, LReLU, conv, Sigmoid
+    assert {"project.1.weight", "project.1.bias", "main.0.running_var", "main.2.weight", "main.3.weight",
+            "main.6.weight", "main.7.running_mean", "main.9.weight", "main.9.bias"} <= set(keys)
+    assert "cudfkd" in ADAPTERS and cudfkd.MARKER == "datafree/synthesis/cudfkd.py"

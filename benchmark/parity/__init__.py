@@ -28,6 +28,7 @@ ADAPTERS: dict[str, str] = {
     "fast-5": "fast",
     "fast-10": "fast",
     "cpsc-dfkd": "cpsc",
+    "cudfkd": "cudfkd",
 }
 
 # registered data-free methods whose authors' code is public but which this driver does not compare yet, and why
