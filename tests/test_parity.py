@@ -367,3 +367,14 @@ def test_cudfkd_generator_names_follow_the_released_dcgan_generator():
     assert {"project.1.weight", "project.1.bias", "main.0.running_var", "main.2.weight", "main.3.weight",
             "main.6.weight", "main.7.running_mean", "main.9.weight", "main.9.bias"} <= set(keys)
     assert "cudfkd" in ADAPTERS and cudfkd.MARKER == "datafree/synthesis/cudfkd.py"
+
+
+def test_every_data_free_method_is_compared_or_says_why_not():
+    from benchmark.parity import NOT_COMPARED
+    from benchmark.registry import METHODS, load_plugins
+
+    load_plugins()
+    data_free = {name for name in METHODS if METHODS.get(name).data_free}
+    assert data_free <= set(ADAPTERS) | set(NOT_COMPARED), data_free - set(ADAPTERS) - set(NOT_COMPARED)
+    assert not set(ADAPTERS) & set(NOT_COMPARED) and all(NOT_COMPARED.values())
+    assert {"cudfkd", "adadfkd"} <= set(ADAPTERS)

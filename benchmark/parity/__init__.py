@@ -29,10 +29,15 @@ ADAPTERS: dict[str, str] = {
     "fast-10": "fast",
     "cpsc-dfkd": "cpsc",
     "cudfkd": "cudfkd",
+    "adadfkd": "adadfkd",
 }
 
 # registered data-free methods whose authors' code is public but which this driver does not compare yet, and why
 NOT_COMPARED: dict[str, str] = {
+    "nayer": "no adapter yet (tmtuan1307/NAYER, a DataFree-library fork: planned)",
+    "spaceshipnet": "the authors' own trainer (skgyu/SpaceshipNet, YAML-configured, not a DataFree-library fork): "
+                    "no adapter yet",
+    "pre-dfkd": "the authors' own code (kuluhan/PRE-DFKD, not a DataFree-library fork): no adapter yet",
 }
 
 
