@@ -224,6 +224,9 @@ def test_matches_released_code(method, tmp_path):
 @pytest.mark.parametrize("name,extra,terms", [
     ("cmi", {"bank_size": 64, "n_neg": 8}, {"g_bn", "g_oh", "g_adv", "g_cr", "s_kd"}),
     ("fast-2", {"warmup": 0}, {"g_bn", "g_oh", "g_adv", "s_kd"}),
+    ("nayer", {"warmup": 0, "g_loops": 1, "synthesis_batch_size": 8, "label_embedding": "random",
+               "label_embedding_dim": 16, "le_emb_size": 16},
+     {"g_bn", "g_oh", "g_adv", "s_kd"}),
 ])
 def test_kornia_views_option_runs(name, extra, terms):
     """The compatibility option that the cmi and fast parity needs: the views through kornia, as released."""
@@ -327,6 +330,48 @@ def test_floor_accepts_rounding_amplified_by_chaotic_dynamics():
     assert "within the rounding floor" in table(result)
 
 
+def reinitialising_adapter(hook: bool):
+    """The logistic map again, but its state is re-initialised (to 0.3) in the first iteration, as NAYER's
+    generator is rebuilt: the perturbation of the initial state is wiped unless the adapter's ``perturb`` hook
+    perturbs the re-initialised value too."""
+    mod = types.SimpleNamespace(REPO="toy/none", MARKER="none")
+
+    class State(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.x = nn.Parameter(torch.tensor(0.3, dtype=torch.float64), requires_grad=False)
+
+    def build(problem, path):
+        ours, ref = State(), State()
+        scale = {"value": 1.0}
+
+        def ours_iteration(i):
+            with torch.no_grad():
+                if i == 0:
+                    ours.x.fill_(0.3 * scale["value"])
+                ours.x.copy_(3.9 * ours.x * (1 - ours.x))
+            return [{"x": float(ours.x)}]
+
+        def ref_iteration(i):
+            with torch.no_grad():
+                ref.x.copy_(3.9 * ref.x - 3.9 * ref.x * ref.x)
+            return [{"x": float(ref.x)}]
+
+        perturb = (lambda eps: scale.__setitem__("value", 1 + eps)) if hook else None
+        return Sides(ours_iteration, ref_iteration, {"state": (ours, ref)}, options={},
+                     reference={"repo": mod.REPO}, perturb=perturb)
+
+    mod.build = build
+    return mod
+
+
+def test_floor_perturbs_what_the_run_reinitialises_through_the_adapter_hook():
+    wiped = run(reinitialising_adapter(False), tiny_problem(steps=80), None, with_floor=True)
+    assert wiped.floor["terms"]["x"] == 0 and not wiped.within_floor
+    hooked = run(reinitialising_adapter(True), tiny_problem(steps=80), None, with_floor=True)
+    assert hooked.floor["terms"]["x"] > 1e-2 and hooked.within_floor
+
+
 def test_floor_perturbs_float32_by_ulps_not_below_its_resolution():
     """In float32 a perturbation of 1e-15 leaves the weights unchanged (floor 0, every rounding difference
     would count as real); the floor then perturbs by a few float32 ulps."""
@@ -367,6 +412,20 @@ def test_cudfkd_generator_names_follow_the_released_dcgan_generator():
     assert {"project.1.weight", "project.1.bias", "main.0.running_var", "main.2.weight", "main.3.weight",
             "main.6.weight", "main.7.running_mean", "main.9.weight", "main.9.bias"} <= set(keys)
     assert "cudfkd" in ADAPTERS and cudfkd.MARKER == "datafree/synthesis/cudfkd.py"
+
+
+def test_nayer_generator_names_follow_the_released_nl_generator():
+    """Our noisy-layer generator's keys map one to one onto ``NLGenerator``'s (``le1.i``, ``l1.0``,
+    ``conv_blocks.*``; ``label_emb`` becomes a buffer there)."""
+    from benchmark.parity import nayer
+    from methods.nayer import NoisyLayerGenerator
+
+    generator = NoisyLayerGenerator(torch.randn(10, 6), (3, 32, 32), 25, 8, 12)
+    keys = [nayer.generator_name(k) for k in generator.state_dict()]
+    assert len(set(keys)) == len(keys)
+    assert {"label_emb", "n1.weight", "n1.running_var", "le1.0.weight", "le1.2.bias", "l1.0.weight",
+            "conv_blocks.0.weight", "conv_blocks.2.weight", "conv_blocks.6.weight", "conv_blocks.9.bias"} <= set(keys)
+    assert not any(k.startswith(("noisy.", "body.", "l1.weight")) for k in keys)
 
 
 def test_every_data_free_method_is_compared_or_says_why_not():

@@ -56,6 +56,8 @@ def measure(adapter: Any, problem: Problem, path, build_seed: int = 0) -> dict[s
     for name, spec in b.modules.items():
         if isinstance(spec[0], nn.Module):
             _perturb(spec[0], eps)
+    if b.perturb is not None:
+        b.perturb(eps)
     tape = Tape()
     terms: dict[str, float] = {}
     try:
