@@ -1,10 +1,11 @@
 """A cell's id, from what the cell will actually run.
 
 The id hashes the fully resolved, typed run and method configs (budget preset and ``--set`` values applied
-and coerced to their field types) together with the method, dataset, teacher:student pair, seed, budget name
-and the content hash of an external teacher checkpoint. So ``--set alpha=5`` and ``--set alpha=5.0`` are one
-cell, and a change of a method's budget defaults (iterations, batch, generator steps) makes a new cell that
-``run`` does not skip. It stays readable: ``{dataset}-{teacher}-{student}-{method}-{budget}-s{seed}-{hash8}``.
+and coerced to their field types) together with the method, dataset, teacher:student pair, seed, budget name,
+the dataset's fingerprint (input shape, normalisation) and the content hash of an external teacher checkpoint.
+So ``--set alpha=5`` and ``--set alpha=5.0`` are one cell, and a change of a method's budget defaults
+(iterations, batch, generator steps) or of the dataset's inputs makes a new cell that ``run`` does not skip.
+It stays readable: ``{dataset}-{teacher}-{student}-{method}-{budget}-s{seed}-{hash8}``.
 
 Records written before this rule (ids hashed from the names and the raw ``--set`` strings) keep their ids:
 ``status`` and ``report`` read the id stored in each record and the grid, never recompute it.
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .records import Cell
 
-IDENTITY_VERSION = 2
+IDENTITY_VERSION = 3   # 3: the dataset's fingerprint (input shape, normalisation) joined the identity
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
@@ -58,6 +59,7 @@ def _plain(value: Any) -> Any:
 def identity(cell: "Cell") -> dict[str, Any]:
     """Everything that decides what a cell computes. Resolving checks the cell (raises ``ConfigError``,
     ``UnknownNameError``, ...)."""
+    from .data import get_dataset
     from .registry import load_plugins
     from .resolve import resolve_cell
 
@@ -66,7 +68,7 @@ def identity(cell: "Cell") -> dict[str, Any]:
     return {
         "identity_version": IDENTITY_VERSION,
         "method": cell.method, "dataset": cell.dataset, "teacher": cell.teacher, "student": cell.student,
-        "seed": int(cell.seed), "budget": cell.budget,
+        "seed": int(cell.seed), "budget": cell.budget, "data": get_dataset(cell.dataset).fingerprint(),
         "run": _plain(resolved.run_cfg), "method_config": _plain(resolved.method_cfg),
         "teacher_file": file_digest(cell.teacher_ckpt) if cell.teacher_ckpt else None,
     }

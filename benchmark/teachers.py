@@ -27,7 +27,8 @@ from .training import augment_batch, batches, cosine_lr, evaluate
 
 
 def recipe_hash(spec: DatasetSpec) -> str:
-    blob = json.dumps(dataclasses.asdict(spec.teacher_recipe), sort_keys=True)
+    """The training recipe and the inputs it sees (a teacher with global pooling loads at any input size)."""
+    blob = json.dumps({**dataclasses.asdict(spec.teacher_recipe), "data": spec.fingerprint()}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 

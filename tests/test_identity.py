@@ -88,3 +88,20 @@ def test_records_under_the_old_ids_are_still_found_by_status_and_report(tmp_path
     assert [(s.cell_id, s.state) for s in states] == [(legacy_cell_id(c), "done")]
     df, problems = load_records([tmp_path])
     assert not problems and list(df["cell_id"]) == [legacy_cell_id(c)] and list(df["final_acc"]) == [90.0]
+
+
+def test_changed_dataset_inputs_are_a_new_cell_and_a_new_teacher(monkeypatch, tmp_path):
+    """Models with global pooling accept any input size, so a cell or cached teacher computed on other inputs
+    (e.g. digits resized to another size) would load silently: the dataset's fingerprint keeps them apart."""
+    import dataclasses
+
+    from benchmark import data as data_mod
+    from benchmark.teachers import cache_path
+
+    spec = data_mod.get_dataset("digits")
+    before_id, before_teacher = cell().cell_id, cache_path(tmp_path, spec, "cnn_wide", 0)
+    other = dataclasses.replace(spec, image_shape=(1, 8, 8), std=(0.3761,))
+    monkeypatch.setitem(data_mod.DATASETS._entries, "digits", other)
+    assert data_mod.get_dataset("digits") is other
+    assert cell().cell_id != before_id
+    assert cache_path(tmp_path, other, "cnn_wide", 0) != before_teacher

@@ -51,6 +51,13 @@ class DatasetSpec:
             raise DataError(f"dataset {self.name!r} needs --data-root (a folder holding it); {self.how_to_get}")
         return self.loader(split=split, root=root, download=download)
 
+    def fingerprint(self) -> dict:
+        """What the models see of this dataset (input shape, normalisation, classes). Part of every cell's id
+        and of every cached teacher's key, so changing it (e.g. digits' input size) never reuses a result
+        or a teacher computed on other inputs."""
+        return {"image_shape": list(self.image_shape), "mean": list(self.mean), "std": list(self.std),
+                "num_classes": self.num_classes}
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
