@@ -4,7 +4,8 @@ Li, Zhou, Li, Wang, Bu, Yu. AdaDFKD: Exploring Adaptive Inter-Sample Relationshi
 Distillation. Neural Networks 2024, 106386 (doi:10.1016/j.neunet.2024.106386; not ICLR). Authors' code: github.com/ljrprocc/DFKD, a fork of the zju-vipa DataFree library
 (``datafree/synthesis/adadfkd.py`` ``AdaSynthesizer``, the ``adadfkd`` branches of ``datafree_kd.py``,
 ``MoCo`` and ``difficulty_mining`` in ``datafree/utils/_utils.py``, ``scripts/adadfkd/*.sh``). Read, none
-of it copied.
+of it copied. Step-level parity with that code at commit cd281c4 (``python -m benchmark parity adadfkd``):
+equal with our defaults, docs/fidelity.md.
 
 The CuDFKD loop (``methods.cudfkd``: DataFree generator, DCGAN init, Adam 0.9/0.99, one generator step then
 ``s_steps`` self-paced student steps) with two additions that make the method:

@@ -3,7 +3,8 @@
 Li, Zhou, Li, Wang, Yu, Bu. Dynamic Data-Free Knowledge Distillation by Easy-to-Hard Learning Strategy.
 Information Sciences, 2023 (arXiv:2208.13648). Authors' code: github.com/ljrprocc/DataFree, a fork of the
 zju-vipa DataFree library (``datafree/synthesis/cudfkd.py`` ``ProbSynthesizer``, the ``cudfkd`` branches of
-``datafree_kd.py``, ``scripts/cudfkd/*.sh``). Read, none of it copied.
+``datafree_kd.py``, ``scripts/cudfkd/*.sh``). Read, none of it copied. Step-level parity with that code at
+commit bf3096b (``python -m benchmark parity cudfkd``): equal with our defaults, docs/fidelity.md.
 
 A DCGAN-style generator (the DataFree library's ``LargeGenerator`` layout: width 4, sigmoid output, nz 512,
 DCGAN init N(0, 0.02), BN weights N(1, 0.02); Adam betas 0.9/0.99, constant ``lr_g``) plays against the

@@ -158,3 +158,18 @@ def test_reinitialise_restores_default_initialisation():
     bound = 1 / 32 ** 0.5                                        # kaiming-uniform default of nn.Linear
     assert g.l1.weight.abs().max() <= bound and torch.equal(g.body[0].weight, torch.ones_like(g.body[0].weight))
     assert torch.equal(g.label_emb, random_label_embedding(10, 16, 0))
+
+
+@pytest.mark.parametrize("released", [False, True])
+def test_student_train_after_loop_is_the_released_mode_change(released):
+    """Compatibility option: the released ``synthesize`` puts the student into training mode after each loop,
+    so the second loop's adversarial forward updates the student's BN running statistics; ours keeps it in
+    eval mode (default) and synthesis leaves the student's statistics alone."""
+    m = _method(warmup=0, g_loops=2, g_steps=1, student_train_after_loop=released)
+    bns = [x for x in m.student.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    before = [b.running_mean.clone() for b in bns]
+    m.round = 1                                        # after the warm-up: the adversarial term is on
+    m.student.eval()
+    m.synthesize()
+    changed = any(not torch.equal(a, b.running_mean) for a, b in zip(before, bns))
+    assert changed is released
