@@ -150,6 +150,15 @@ class DFKDMethod(abc.ABC):
         self.counters["teacher_forwards"] += x.shape[0]
         return self.teacher(x, return_features=features)
 
+    def teacher_forward_bn(self, x: torch.Tensor, bn_stats, features: bool = False):
+        """:meth:`teacher_forward` and the BN-statistics loss of that forward (``bn_stats``, a
+        :class:`benchmark.losses.BatchNormStatistics` on the teacher), or None when ``bn_stats`` is None."""
+        if bn_stats is None:
+            return self.teacher_forward(x, features), None
+        with bn_stats.recording():
+            out = self.teacher_forward(x, features)
+        return out, bn_stats.loss()
+
     # ---- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = {name: obj.state_dict() for name, obj in self._stateful.items()}

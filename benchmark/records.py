@@ -85,6 +85,24 @@ def _cell_id(cell: CellRef) -> str:
     return cell if isinstance(cell, str) else cell.cell_id
 
 
+@dataclass(frozen=True, order=True)
+class Column:
+    """A column of a results table: a dataset and a teacher→student pair (the report and the table specs
+    share it; it lives here, beside :class:`Cell`, so that neither imports the other or pandas for it)."""
+
+    dataset: str
+    teacher: str
+    student: str
+
+    @property
+    def pair(self) -> str:
+        return f"{self.teacher}→{self.student}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.pair}"
+
+
 @dataclass(frozen=True)
 class OutputLayout:
     """Every file name in an output folder; the writers and the readers take their paths from here."""

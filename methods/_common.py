@@ -1,7 +1,9 @@
-"""Pieces shared by several methods: schedules, sampling helpers, temporarily frozen modules."""
+"""Pieces shared by several methods: schedules, sampling helpers, temporarily frozen modules, the DCGAN
+initialisation and the alternating generator / student step loop."""
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -65,3 +67,29 @@ def batch_statistics(module: nn.Module):
 
 def balanced_labels(n: int, num_classes: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device) % num_classes
+
+
+@torch.no_grad()
+def dcgan_init(module: nn.Module) -> None:
+    """The DataFree library's ``reset_model`` (DCGAN init): conv / linear weights N(0, 0.02), biases 0, BN
+    weights N(1, 0.02), biases 0; running statistics are left alone. CMI's per-round re-initialisation, and
+    CuDFKD's and AdaDFKD's generator init."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def alternate_steps(*phases: tuple[int, Callable[[], dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Run each phase's step (e.g. the generator's, then the student's) its count of times, phase after phase,
+    and return each logged term averaged over the steps of its phase."""
+    logs: dict[str, torch.Tensor] = {}
+    for steps, step in phases:
+        for _ in range(steps):
+            for k, v in step().items():
+                logs[k] = logs[k] + v / steps if k in logs else v / steps
+    return logs

@@ -21,7 +21,7 @@ from benchmark.config import ConfigError
 from benchmark.method import DFKDMethod
 from benchmark.models.generators import DataFreeGenerator
 
-from ._common import batch_statistics, eval_mode, no_param_grad, warmup_cosine
+from ._common import alternate_steps, batch_statistics, eval_mode, no_param_grad, warmup_cosine
 
 
 @ranges(batch_size=POS_COUNT, synthesis_batch_size=COUNT, nz=POS_COUNT, ngf=POS_COUNT, generator_width=POS_COUNT,
@@ -145,11 +145,7 @@ class GenerativeBaseline(DFKDMethod):
         return {f"s_{k}": v.detach() for k, v in terms.items()} | {"s_total": total.detach()}
 
     def train_iteration(self, iteration: int) -> dict[str, torch.Tensor]:
-        logs: dict[str, torch.Tensor] = {}
-        for steps, step in ((self.cfg.g_steps, self.generator_step), (self.cfg.s_steps, self.student_step)):
-            for _ in range(steps):
-                for k, v in step().items():
-                    logs[k] = logs[k] + v / steps if k in logs else v / steps
+        logs = alternate_steps((self.cfg.g_steps, self.generator_step), (self.cfg.s_steps, self.student_step))
         self.sched_s.step()
         if self.sched_g is not None:
             self.sched_g.step()

@@ -15,8 +15,9 @@ batches drawn from the whole pool. This module holds that structure:
   the device (the released code uses kornia on the generator output and torchvision transforms on the
   pool images); random numbers come from the device's generator, so no host synchronisation is needed.
 - ``FeatureMeans``: CMI's instance-mean features of chosen layers' inputs.
-- ``reset_generator`` / ``reset_first_layer``: CMI's and Fast's re-initialisations of their generator
-  (``benchmark.models.generators.DataFreeGenerator``, width 2, images in pixel space).
+- ``reset_generator`` (``methods._common.dcgan_init``) / ``reset_first_layer``: CMI's and Fast's
+  re-initialisations of their generator (``benchmark.models.generators.DataFreeGenerator``, width 2, images
+  in pixel space).
 - ``PoolConfig``: the config fields and checks the three share.
 - ``PoolDistillation``: the base class (student optimiser, cosine schedule, warm-up rounds, KD steps on the
   pool, ``sample()``, checkpoint state).
@@ -37,6 +38,8 @@ from benchmark.config import ConfigError
 from benchmark.losses import kd_kl
 from benchmark.method import DFKDMethod
 from benchmark.training import cosine_lr, crop_padding, random_crop_flip  # noqa: F401  (re-exported)
+
+from ._common import dcgan_init as reset_generator  # noqa: F401  (CMI's per-round re-initialisation)
 
 # ----------------------------------------------------------------------------------------------------------
 # image pool
@@ -265,18 +268,22 @@ def kornia_crop_flip(image_shape, pad: int) -> nn.Module:
     return nn.Sequential(K.RandomCrop(size=list(image_shape[1:]), padding=pad), K.RandomHorizontalFlip())
 
 
-@torch.no_grad()
-def reset_generator(model: nn.Module) -> None:
-    """CMI's per-round re-initialisation: conv/linear weights N(0, 0.02), biases 0, BN weights N(1, 0.02),
-    BN biases 0 (running statistics are left alone; the generator always runs in training mode)."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
+class LowestLoss:
+    """The tensors of a synthesis round's step with the lowest total loss, kept on the device (the released
+    ``if best_cost > loss: best_inputs = inputs`` without a host synchronisation): ``offer(total, *tensors)``
+    after each step (a ``None`` stays ``None``), then ``best`` holds the kept tensors, detached."""
+
+    def __init__(self, device: torch.device):
+        self.cost = torch.full((), float("inf"), device=device)
+        self.best: list[torch.Tensor | None] | None = None
+
+    @torch.no_grad()
+    def offer(self, total: torch.Tensor, *tensors: torch.Tensor | None) -> None:
+        better = total.detach() < self.cost
+        self.cost = torch.where(better, total.detach(), self.cost)
+        now = [None if t is None else t.detach() for t in tensors]
+        self.best = now if self.best is None else [
+            None if a is None else torch.where(better, a, b) for a, b in zip(now, self.best)]
 
 
 @torch.no_grad()

@@ -4,7 +4,8 @@ Li, Zhou, Li, Wang, Bu, Yu. AdaDFKD: Exploring Adaptive Inter-Sample Relationshi
 Distillation. Neural Networks 2024, 106386 (doi:10.1016/j.neunet.2024.106386; not ICLR). Authors' code: github.com/ljrprocc/DFKD, a fork of the zju-vipa DataFree library
 (``datafree/synthesis/adadfkd.py`` ``AdaSynthesizer``, the ``adadfkd`` branches of ``datafree_kd.py``,
 ``MoCo`` and ``difficulty_mining`` in ``datafree/utils/_utils.py``, ``scripts/adadfkd/*.sh``). Read, none
-of it copied.
+of it copied. Step-level parity with that code at commit cd281c4 (``python -m benchmark parity adadfkd``):
+equal with our defaults, docs/fidelity.md.
 
 The CuDFKD loop (``methods.cudfkd``: DataFree generator, DCGAN init, Adam 0.9/0.99, one generator step then
 ``s_steps`` self-paced student steps) with two additions that make the method:
@@ -62,10 +63,9 @@ from benchmark.checks import FINITE, FRACTION, NONNEG, POSITIVE, POS_COUNT, choi
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics, entropy_of_mean, kd_kl
 
-from ._common import register_method
+from ._common import dcgan_init, register_method
 from ._curriculum import CURRICULA, check_curriculum, pace, self_paced_weight
 from ._generative import GenerativeBaseline, GenerativeConfig
-from .cudfkd import dcgan_init
 
 
 @ranges(lmda_ent=FINITE, oh=NONNEG, bn=NONNEG, adv=NONNEG, adv_step=FINITE, adv_begin=FRACTION, adv_end=FRACTION,
@@ -253,12 +253,9 @@ class AdaDFKD(GenerativeBaseline):
     def generator_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.cfg
         terms: dict[str, torch.Tensor] = {}
-        if self.bn_stats is not None:
-            with self.bn_stats.recording():
-                t_logits, t_feat = self.teacher_forward(x, features=True)
-            terms["bn"] = c.bn * self.bn_stats.loss()
-        else:
-            t_logits, t_feat = self.teacher_forward(x, features=True)
+        (t_logits, t_feat), bn = self.teacher_forward_bn(x, self.bn_stats, features=True)
+        if bn is not None:
+            terms["bn"] = c.bn * bn
         if c.lmda_ent:
             terms["ent"] = c.lmda_ent * entropy_of_mean(F.softmax(t_logits.float() / c.T, 1))
         if c.oh:

@@ -67,7 +67,7 @@ from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
 
 from ._common import no_param_grad, register_method
-from ._inversion import (FeatureMeans, PoolConfig, PoolDistillation, kornia_augmentation, kornia_crop_flip,
+from ._inversion import (FeatureMeans, LowestLoss, PoolConfig, PoolDistillation, kornia_augmentation, kornia_crop_flip,
                          masked_disagreement, random_crop_flip, random_resized_crop, reset_generator)
 
 
@@ -269,8 +269,7 @@ class CMI(PoolDistillation):
         opt = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}], lr=c.lr_g,
                                betas=(c.beta1_g, c.beta2_g))
         optimizers = [opt] + ([self.opt_head] if self.opt_head is not None else [])
-        best_cost = torch.full((), float("inf"), device=self.device)
-        best_images = best_feats = None
+        lowest = LowestLoss(self.device)            # the lowest-loss step's images (and features)
         logs: dict[str, torch.Tensor] = {}
         with no_param_grad(self.student):
             for _ in range(c.g_steps):
@@ -278,14 +277,10 @@ class CMI(PoolDistillation):
                 self.counters["synthetic_images"] += n
                 terms, feats = self.losses(images, targets)
                 total = torch.stack(list(terms.values())).sum()
-                with torch.no_grad():       # keep the lowest-loss step's images (and features), on the device
-                    better = total.detach() < best_cost
-                    best_cost = torch.where(better, total.detach(), best_cost)
-                    best_images = images.detach() if best_images is None else torch.where(better, images.detach(), best_images)
-                    if feats is not None:
-                        best_feats = feats if best_feats is None else torch.where(better, feats, best_feats)
+                lowest.offer(total, images, feats)
                 self._step_all(total, optimizers, "synthesis")
                 self._accumulate(logs, {f"g_{k}": v for k, v in terms.items()} | {"g_total": total}, 1 / c.g_steps)
+        best_images, best_feats = lowest.best
         self.pool.add(best_images, targets)
         if self.bank is not None and best_feats is not None:
             self.bank.add(best_feats)

@@ -83,7 +83,7 @@ distribution, so the final evaluation jumps. The released code meant the generat
 MultiStepLR, x0.1 at epochs 50 and 150 of 600, attached to an optimiser it rebuilds, so it never acts);
 decaying lr_g with the student's cosine (``lr_g_schedule="cosine"``, digits default) settles both. Same cost
 as before (2 G + 5 S steps, ~1.3x the old default's iteration). 3 seeds, digits default (2-core Intel Xeon
-AMX, bf16, 1 thread per cell; records in results/reference):
+AMX, bf16, 1 thread per cell; generator ngf 64, the records of commit e58dba4):
 
 - agreement 0.962 / 0.960 / 0.970; final accuracy 98.89 / 98.33 / 98.33 % (mean 98.52 +- 0.32)
 - accuracy at iterations 20..200: seed 0: 54 69 89 91 98 97 98 99 99 99; seed 1: 36 74 76 87 84 96 94 96 99 98;
@@ -95,8 +95,8 @@ use on digits (dafl, dfad, zskt, dfq, cudfkd, pre-dfkd, adadfkd use 16). At 16x1
 most of the iteration: one iteration (2 G + 5 S steps, batch 128, one thread, fp32 with AVX2 simulated on the
 Xeon) 1,237 -> 636 ms, bf16 on the AMX Xeon 479 -> 317 ms. Same teachers as the reference set, 3 seeds:
 ngf 32: agreement 0.972 / 0.940 / 0.968, final accuracy 98.89 / 98.33 / 98.06 % (mean 98.43 +- 0.42, inside
-the ngf-64 seeds' range 98.33-98.89); ngf 16 was cheaper still but lost accuracy (98.33 / 97.50 / 96.39,
-agreement 0.966 / 0.944 / 0.964), so it was not taken.
+the ngf-64 seeds' range 98.33-98.89; the records in results/reference, commit b23a010); ngf 16 was cheaper
+still but lost accuracy (98.33 / 97.50 / 96.39, agreement 0.966 / 0.944 / 0.964), so it was not taken.
 
 Performance (docs/performance.md; issue 6). One iteration as the released code's defaults define it (batch
 64, 1 generator + 5 student steps, every loss term on, random-initialised teacher), measured interleaved with
@@ -138,7 +138,8 @@ from benchmark.losses import BatchNormStatistics, kd_kl, supervised_contrastive
 from benchmark.method import DFKDMethod
 from benchmark.models.generators import ConditionalGenerator
 
-from ._common import balanced_labels, batch_statistics, no_param_grad, register_method, warmup_cosine
+from ._common import (alternate_steps, balanced_labels, batch_statistics, no_param_grad, register_method,
+                      warmup_cosine)
 
 
 @ranges(batch_size=POS_COUNT, nz=POS_COUNT, ngf=POS_COUNT, g_steps=COUNT, s_steps=POS_COUNT, lr_g=POSITIVE,
@@ -288,12 +289,9 @@ class CPSCDFKD(DFKDMethod):
         with no_param_grad(self.student), self.ctx.autocast():
             x = self._layout(self.generator(z, y))
             self.counters["synthetic_images"] += x.shape[0]
-            if self.bn_stats is not None:
-                with self.bn_stats.recording():
-                    t_logits, t_feat = self.teacher_forward(x, features=True)
-                terms["bn"] = c.beta * self.bn_stats.loss()
-            else:
-                t_logits, t_feat = self.teacher_forward(x, features=True)
+            (t_logits, t_feat), bn = self.teacher_forward_bn(x, self.bn_stats, features=True)
+            if bn is not None:
+                terms["bn"] = c.beta * bn
             s_logits, s_feat = self.student(x, return_features=True)
             if c.adv:
                 terms["adv"] = -c.adv * kd_kl(s_logits, t_logits)
@@ -337,11 +335,7 @@ class CPSCDFKD(DFKDMethod):
     def train_iteration(self, iteration: int) -> dict[str, torch.Tensor]:
         self.student.train()
         self.generator.train()
-        logs: dict[str, torch.Tensor] = {}
-        for steps, step in ((self.cfg.g_steps, self.generator_step), (self.cfg.s_steps, self.student_step)):
-            for _ in range(steps):
-                for k, v in step().items():
-                    logs[k] = logs[k] + v / steps if k in logs else v / steps
+        logs = alternate_steps((self.cfg.g_steps, self.generator_step), (self.cfg.s_steps, self.student_step))
         self.sched_s.step()
         if self.sched_g is not None:
             self.sched_g.step()

@@ -3,7 +3,8 @@
 Li, Zhou, Li, Wang, Yu, Bu. Dynamic Data-Free Knowledge Distillation by Easy-to-Hard Learning Strategy.
 Information Sciences, 2023 (arXiv:2208.13648). Authors' code: github.com/ljrprocc/DataFree, a fork of the
 zju-vipa DataFree library (``datafree/synthesis/cudfkd.py`` ``ProbSynthesizer``, the ``cudfkd`` branches of
-``datafree_kd.py``, ``scripts/cudfkd/*.sh``). Read, none of it copied.
+``datafree_kd.py``, ``scripts/cudfkd/*.sh``). Read, none of it copied. Step-level parity with that code at
+commit bf3096b (``python -m benchmark parity cudfkd``): equal with our defaults, docs/fidelity.md.
 
 A DCGAN-style generator (the DataFree library's ``LargeGenerator`` layout: width 4, sigmoid output, nz 512,
 DCGAN init N(0, 0.02), BN weights N(1, 0.02); Adam betas 0.9/0.99, constant ``lr_g``) plays against the
@@ -59,14 +60,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmark.checks import FINITE, FRACTION, NONNEG, POSITIVE, POS_COUNT, choice, ranges
 from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics, entropy_of_mean, kd_kl
 
-from ._common import register_method
+from ._common import dcgan_init, register_method
 from ._curriculum import CURRICULA, check_curriculum, pace, self_paced_weight, stepped_weight
 from ._generative import GenerativeBaseline, GenerativeConfig
 
@@ -124,18 +124,6 @@ _C100_WRN = _script(1024, 500, 2.0, "kl", 0.0, 0.12, 0.2, 0.75, 1.0, 2e-5)
 _WRN_STUDENTS = ("wrn16_1", "wrn16_2", "wrn40_1")
 
 
-def dcgan_init(module: nn.Module) -> None:
-    """The released ``reset_model``: conv / linear weights N(0, 0.02), biases 0, BN weights N(1, 0.02)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-
 def agreeing_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, T: float) -> torch.Tensor:
     """mean_i [argmax s_i == argmax t_i] * KL(softmax(t_i/T) || softmax(s_i/T)) * T^2 (the released
     ``adv_type=kl`` term before its minus sign)."""
@@ -190,12 +178,9 @@ class CuDFKD(GenerativeBaseline):
     def generator_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.cfg
         terms: dict[str, torch.Tensor] = {}
-        if self.bn_stats is not None:
-            with self.bn_stats.recording():
-                t_logits = self.teacher_forward(x)
-            terms["bn"] = c.bn * self.bn_stats.loss()
-        else:
-            t_logits = self.teacher_forward(x)
+        t_logits, bn = self.teacher_forward_bn(x, self.bn_stats)
+        if bn is not None:
+            terms["bn"] = c.bn * bn
         if c.lmda_ent:
             terms["ent"] = c.lmda_ent * entropy_of_mean(F.softmax(t_logits.float() / c.T, 1))
         if c.oh:

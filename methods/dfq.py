@@ -100,12 +100,9 @@ class DFQ(GenerativeBaseline):
     def generator_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.cfg
         terms: dict[str, torch.Tensor] = {}
-        if self.bn_stats is not None:
-            with self.bn_stats.recording():
-                t_logits = self.teacher_forward(x)
-            terms["bn"] = c.bn * self.bn_stats.loss()
-        else:
-            t_logits = self.teacher_forward(x)
+        t_logits, bn = self.teacher_forward_bn(x, self.bn_stats)
+        if bn is not None:
+            terms["bn"] = c.bn * bn
         if c.oh:
             terms["oh"] = c.oh * F.cross_entropy(t_logits.float(), t_logits.argmax(1))
         if c.adv:

@@ -72,8 +72,8 @@ from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
 
 from ._common import no_param_grad, register_method
-from ._inversion import (PoolConfig, PoolDistillation, kornia_crop_flip, masked_disagreement, random_crop_flip,
-                         reset_first_layer)
+from ._inversion import (LowestLoss, PoolConfig, PoolDistillation, kornia_crop_flip, masked_disagreement,
+                         random_crop_flip, reset_first_layer)
 
 
 @ranges(warmup=COUNT, lr_z=POSITIVE, nz=POS_COUNT, ngf=POS_COUNT, adv=NONNEG, bn=NONNEG, oh=NONNEG, bn_mmt=BETA,
@@ -176,8 +176,7 @@ class Fast(PoolDistillation):
                                betas=(c.beta1_g, c.beta2_g))
         meta_params = list(self.generator.parameters())
         fast_params = list(fast.parameters())
-        best_cost = torch.full((), float("inf"), device=self.device)
-        best_images = None
+        lowest = LowestLoss(self.device)
         logs: dict[str, torch.Tensor] = {}
         with no_param_grad(self.student):
             for it in range(c.g_steps):
@@ -185,10 +184,7 @@ class Fast(PoolDistillation):
                 self.counters["synthetic_images"] += n
                 terms = self.losses(images, targets)
                 total = torch.stack(list(terms.values())).sum()
-                with torch.no_grad():
-                    better = total.detach() < best_cost
-                    best_cost = torch.where(better, total.detach(), best_cost)
-                    best_images = images.detach() if best_images is None else torch.where(better, images.detach(), best_images)
+                lowest.offer(total, images)
                 if c.meta == "fomaml":
                     self._inner_fomaml(total, opt, meta_params, fast_params, first=it == 0, last=it == c.g_steps - 1)
                 else:
@@ -201,7 +197,7 @@ class Fast(PoolDistillation):
                 for p, q in zip(meta_params, fast_params):
                     p.grad = (p - q) * c.reptile_scale
             self.meta_opt.step()
-        self.pool.add(best_images, targets)
+        self.pool.add(lowest.best[0], targets)
         return logs
 
     def _inner_fomaml(self, loss: torch.Tensor, opt: torch.optim.Optimizer, meta_params, fast_params,

@@ -49,10 +49,23 @@ Deviations from the released code:
   initialisation, as the released ``reinit()`` which builds a new module) so that it stays one tracked
   module for checkpoints; the lowest-loss step is tracked on the device.
 - Augmentations on the device without kornia; flips follow the dataset's training augmentation
-  (``flip="auto"``: none for digits); the released code always flips.
+  (``flip="auto"``: none for digits); the released code always flips. Compatibility option
+  ``kornia_augment`` (default off) makes the synthesis view with kornia's ``RandomCrop`` +
+  ``RandomHorizontalFlip`` as released (needs kornia); the parity driver uses it (docs/fidelity.md).
+- The student stays in eval mode through every synthesis loop of a round. The released ``synthesize``
+  calls ``self.student.train()`` at the end of each loop (inside the loop over ``g_loops``), so from the
+  second loop of a round on its adversarial term sees the student with batch statistics and updates the
+  student's BatchNorm running statistics on the synthetic views. Compatibility option
+  ``student_train_after_loop`` (default off) does as released; the parity driver uses it.
 - The round counter, the generator and the BN momentum averages are part of the checkpoint (the released
   code loses them on resume). No student gradients during synthesis.
 - Work counted: every generator step renders ``synthesis_batch_size`` images (``synthetic_images``).
+
+Parity (docs/fidelity.md, ``python -m benchmark parity nayer``): against ``datafree.synthesis.NAYER`` +
+``datafree_kd.train`` at tmtuan1307/NAYER c6bedcd with ``kornia_augment`` and ``student_train_after_loop``,
+the authors' CIFAR-10 label embeddings, K=5 rounds (2 of warm-up), fp64: the first round equal (max rel
+6e-13), then the differences grow as between two runs of this code whose initial weights differ by 1e-15
+(rounding amplified by the synthesis steps) and stay within 10x that floor.
 
 ``paper:mnist``: no MNIST recipe is published (the NAYER repository (github.com/tmtuan1307/NAYER, commit
 c6bedcd) loads MNIST in registry.py but ships no MNIST script), so the MNIST paper budget is this method's
@@ -76,7 +89,8 @@ from benchmark.config import ConfigError
 from benchmark.losses import BatchNormStatistics
 
 from ._common import no_param_grad, register_method
-from ._inversion import PoolConfig, PoolDistillation, masked_disagreement, random_crop_flip
+from ._inversion import (LowestLoss, PoolConfig, PoolDistillation, kornia_crop_flip, masked_disagreement,
+                         random_crop_flip)
 
 CLIP_WEIGHTS = os.path.join(os.path.expanduser("~"), ".cache", "clip", "ViT-B-32.pt")
 
@@ -103,6 +117,12 @@ class NAYERConfig(PoolConfig):
     label_embedding: str = "auto"     # PATH | clip | random | auto (clip if available, else random)
     label_embedding_dim: int = 512    # dim of the random fallback (= CLIP ViT-B/32 text features)
     label_embedding_seed: int = 0
+    # compatibility (default off): the synthesis view through kornia's RandomCrop + RandomHorizontalFlip as
+    # released (needs kornia; always flips); off: the on-device re-implementation
+    kornia_augment: bool = False
+    # compatibility (default off): put the student back into training mode after each synthesis loop, as the
+    # released synthesize() does (later loops' adversarial term then uses and updates its BN batch statistics)
+    student_train_after_loop: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -301,10 +321,13 @@ class NAYER(PoolDistillation):
         self.generator = self.track("generator", NoisyLayerGenerator(
             emb, self.image_shape, self.synthesis_batch, cfg.ngf, cfg.le_emb_size).to(self.device))
         self.bn_prior = BatchNormStatistics(self.teacher, momentum=cfg.bn_mmt)
+        self.kornia_view = kornia_crop_flip(self.image_shape, self.pad) if cfg.kornia_augment else None
 
     def losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.cfg
-        x = self._model_input(self.normalizer(random_crop_flip(images, self.pad, self.flip)))
+        view = (self.kornia_view(images) if self.kornia_view is not None
+                else random_crop_flip(images, self.pad, self.flip))
+        x = self._model_input(self.normalizer(view))
         terms: dict[str, torch.Tensor] = {}
         with self.ctx.autocast():
             with self.bn_prior.recording():
@@ -330,24 +353,22 @@ class NAYER(PoolDistillation):
                 gen.reset_noisy_layers()
                 targets = balanced_targets(n, self.num_classes, self.device)
                 opt = torch.optim.Adam(gen.parameters(), lr=c.lr_g, betas=(c.beta1_g, c.beta2_g))
-                best_cost = torch.full((), float("inf"), device=self.device)
-                best_images = None
+                lowest = LowestLoss(self.device)
                 for _ in range(c.g_steps):
                     images = gen(targets)
                     self.counters["synthetic_images"] += n
                     terms = self.losses(images, targets)
                     total = torch.stack(list(terms.values())).sum()
-                    with torch.no_grad():
-                        better = total.detach() < best_cost
-                        best_cost = torch.where(better, total.detach(), best_cost)
-                        best_images = images.detach() if best_images is None else torch.where(
-                            better, images.detach(), best_images)
+                    lowest.offer(total, images)
                     self._step_all(total, [opt], "synthesis")
                     self._accumulate(logs, {f"g_{k}": v for k, v in terms.items()} | {"g_total": total},
                                      1 / (c.g_steps * loops))
+                best_images = lowest.best[0]
                 if c.bn_mmt:
                     self.bn_prior.update_momentum()
                 self.pool.add(best_images, targets)
+                if c.student_train_after_loop:
+                    self.student.train()
         return logs
 
     def extra_state(self) -> dict:

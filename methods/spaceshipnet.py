@@ -83,7 +83,7 @@ from benchmark.models.vgg import VGG
 from benchmark.models.wrn import WideResNet
 
 from ._common import balanced_labels, register_method
-from ._inversion import ImagePool, PoolConfig, PoolDistillation, random_crop_flip
+from ._inversion import ImagePool, LowestLoss, PoolConfig, PoolDistillation, random_crop_flip
 
 
 @ranges(alpha=NONNEG, kl_reduction=choice("mean", "batchmean"), cls=NONNEG, bn=NONNEG, first_bn_multiplier=NONNEG,
@@ -341,23 +341,18 @@ class SpaceshipNet(PoolDistillation):
         z = torch.randn(n, c.nz, device=self.device)
         targets = balanced_labels(n, self.num_classes, self.device)  # the released generate_input(test=True) labels
         opt = torch.optim.Adam(gen.parameters(), lr=c.lr_g, betas=(c.beta1_g, c.beta2_g))
-        best_cost = torch.full((), float("inf"), device=self.device)
-        best: list[torch.Tensor] | None = None
+        lowest = LowestLoss(self.device)
         logs: dict[str, torch.Tensor] = {}
         for _ in range(c.g_steps):
             images, feats = gen.forward_features(z)
             self.counters["synthetic_images"] += n
             terms = self.synthesis_losses(images, targets)
             total = torch.stack(list(terms.values())).sum()
-            with torch.no_grad():
-                better = total.detach() < best_cost
-                best_cost = torch.where(better, total.detach(), best_cost)
-                now = [images.detach()] + [f.detach() for f in feats]
-                best = now if best is None else [torch.where(better, a, b) for a, b in zip(now, best)]
+            lowest.offer(total, images, *feats)
             self._step_all(total, [opt], "synthesis")
             self._accumulate(logs, {f"g_{k}": v for k, v in terms.items()} | {"g_total": total}, 1 / c.g_steps)
-        self.pool.add(best[0], targets)
-        for pool, feat in zip(self.feature_pools, best[1:]):
+        self.pool.add(lowest.best[0], targets)
+        for pool, feat in zip(self.feature_pools, lowest.best[1:]):
             pool.add(feat, targets)
         gen.eval()                     # the student's batches are rendered with BN running statistics
         return logs

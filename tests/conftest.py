@@ -20,3 +20,24 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 def teacher_cache(tmp_path_factory):
     """One digits teacher cache shared by every test of the session (training it takes ~10 s)."""
     return tmp_path_factory.mktemp("teachers")
+
+
+@pytest.fixture(scope="module")
+def teacher(teacher_cache):
+    """The trained digits teacher (seed 0) from the session's cache, one per test module."""
+    from benchmark.data import get_dataset
+    from benchmark.teachers import get_teacher
+
+    spec = get_dataset("digits")
+    model, _ = get_teacher(spec, spec.default_teacher, 0, torch.device("cpu"), teacher_cache, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny tensors, whatever OMP_NUM_THREADS says: threads add nothing but
+    contention on a busy 2-core machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -10,13 +10,7 @@ from benchmark.config import ConfigError
 from benchmark.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors only: OpenMP threads add nothing but contention on a busy 2-core machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name="wrn16_1", classes=10, seed=0):

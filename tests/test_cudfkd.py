@@ -9,43 +9,18 @@ import torch
 
 import methods  # noqa: F401
 from benchmark.config import ConfigError
-from benchmark.data import get_dataset
-from benchmark.build import build_method
-from benchmark.config import RunConfig
-from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import DATASETS, METHODS
 from benchmark.resolve import resolve_cell
-from benchmark.teachers import get_teacher
-from methods._common import eval_mode, no_param_grad
 from methods._curriculum import pace, self_paced_weight, stepped_weight
 from methods.cudfkd import agreeing_kl
+from method_kit import assert_each_step_updates_only_its_network, build_small, generator_terms
 
 SMALL = {"batch_size": 16, "ngf": 8, "s_steps": 2, "epoch_iterations": 2}
 
 
-@pytest.fixture(scope="module")
-def teacher(teacher_cache):
-    spec = get_dataset("digits")
-    model, _ = get_teacher(spec, spec.default_teacher, 0, torch.device("cpu"), teacher_cache, progress=False)
-    return model
-
-
 def build(teacher, iterations=10, **overrides):
-    spec = get_dataset("digits")
-    cls = METHODS.get("cudfkd")
-    cfg = dataclasses.replace(cls.Config(), **{**SMALL, **overrides})
-    cfg.validate()
-    torch.manual_seed(0)
-    student = create_model("cnn_narrow", spec.num_classes, spec.image_shape)
-    return build_method(cls, teacher, student, spec, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=iterations)
-
-
-def generator_terms(method, n=16):
-    method.generator.train()
-    x = method.generator(method.draw_z(n))
-    with no_param_grad(method.student), eval_mode(method.student):
-        return method.generator_terms(x)
+    return build_small("cudfkd", teacher, iterations, seed=0, **{**SMALL, **overrides})
 
 
 # ---- the curriculum pieces ------------------------------------------------------------------------------
@@ -142,24 +117,7 @@ def test_adversarial_term_is_off_until_the_schedule_turns_it_on(teacher):
 
 def test_each_step_updates_only_its_network(teacher):
     method = build(teacher, adv=1.0)
-    for p in list(teacher.parameters()) + list(method.student.parameters()) + list(method.generator.parameters()):
-        p.grad = None
-    s_before = {k: v.clone() for k, v in method.student.state_dict().items()}
-    g_before = {k: v.clone() for k, v in method.generator.state_dict().items()}
-    method.generator_step()
-    assert all(p.grad is None for p in teacher.parameters())
-    assert all(p.grad is None for p in method.student.parameters())
-    for k, v in method.student.state_dict().items():
-        torch.testing.assert_close(v, s_before[k])
-    assert any(not torch.equal(v, g_before[k]) for k, v in method.generator.state_dict().items())
-    for p in method.generator.parameters():
-        p.grad = None
-    g_before = {k: v.clone() for k, v in method.generator.state_dict().items()}
-    logs = method.student_step()
-    assert all(p.grad is None for p in method.generator.parameters())
-    for k, v in method.generator.state_dict().items():      # eval-mode sampling
-        torch.testing.assert_close(v, g_before[k])
-    assert any(not torch.equal(v, s_before[k]) for k, v in method.student.state_dict().items())
+    logs = assert_each_step_updates_only_its_network(method, teacher)
     assert 0 < float(logs["s_weight"]) <= 1 + math.exp(-method.cfg.lambda_0)
 
 

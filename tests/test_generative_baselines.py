@@ -10,35 +10,20 @@ import torch
 import methods  # noqa: F401
 from benchmark.config import ConfigError
 from benchmark.data import get_dataset
-from benchmark.build import build_method
-from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import DATASETS, METHODS
 from benchmark.resolve import resolve_cell
-from benchmark.teachers import get_teacher
 from methods.zskt import attention_loss, stage_modules
+from method_kit import assert_each_step_updates_only_its_network, build_small, generator_terms
 
 GENERATIVE = ["dafl", "dfad", "zskt", "dfq"]
 ADVERSARIAL = ["dfad", "zskt", "dfq"]
 SMALL = {"batch_size": 16, "ngf": 8, "s_steps": 2}
 
 
-@pytest.fixture(scope="module")
-def teacher(teacher_cache):
-    spec = get_dataset("digits")
-    model, _ = get_teacher(spec, spec.default_teacher, 0, torch.device("cpu"), teacher_cache, progress=False)
-    return model
-
-
 def build(name, teacher, iterations=10, **overrides):
-    spec = get_dataset("digits")
-    cls = METHODS.get(name)
-    cfg = dataclasses.replace(cls.Config(), **{**SMALL, **overrides})
-    cfg.validate()
-    torch.manual_seed(0)
-    student = create_model("cnn_narrow", spec.num_classes, spec.image_shape)
-    return build_method(cls, teacher, student, spec, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=iterations)
+    return build_small(name, teacher, iterations, seed=0, **{**SMALL, **overrides})
 
 
 def only(name, term):
@@ -54,22 +39,13 @@ def generator_grads(method, loss):
     return [g for g in grads if g is not None]
 
 
-def terms_for_fresh_batch(method, n=16):
-    from methods._common import eval_mode, no_param_grad
-
-    method.generator.train()
-    x = method.generator(method.draw_z(n))
-    with no_param_grad(method.student), eval_mode(method.student):
-        return method.generator_terms(x)
-
-
 # ---- gradient paths ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", GENERATIVE)
 def test_every_generator_term_sends_gradient_to_the_generator(name, teacher):
     method = build(name, teacher)
-    terms = terms_for_fresh_batch(method)
+    terms = generator_terms(method)
     expected = {"dafl": {"oh", "act", "balance"}, "dfad": {"adv"}, "zskt": {"adv"},
                 "dfq": {"bn", "oh", "adv", "balance"}}[name]
     assert set(terms) == expected
@@ -81,30 +57,7 @@ def test_every_generator_term_sends_gradient_to_the_generator(name, teacher):
 
 @pytest.mark.parametrize("name", GENERATIVE)
 def test_teacher_gets_no_gradient_and_each_step_updates_only_its_network(name, teacher):
-    method = build(name, teacher)
-    # (a freshly trained teacher keeps the .grad of its last training step; freezing does not clear it)
-    for p in list(teacher.parameters()) + list(method.student.parameters()) + list(method.generator.parameters()):
-        p.grad = None
-    t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    s_before = {k: v.clone() for k, v in method.student.state_dict().items()}
-
-    method.generator_step()
-    assert all(p.grad is None for p in teacher.parameters())
-    assert all(p.grad is None for p in method.student.parameters()), "generator step computed student gradients"
-    for k, v in method.student.state_dict().items():   # eval mode: not even the BN running statistics move
-        torch.testing.assert_close(v, s_before[k], msg=f"generator step changed student {k}")
-
-    for p in method.generator.parameters():
-        p.grad = None
-    g_before = {k: v.clone() for k, v in method.generator.state_dict().items()}
-    method.student_step()
-    assert all(p.grad is None for p in method.generator.parameters()), "student step computed generator gradients"
-    assert all(p.grad is None for p in teacher.parameters())
-    for k, v in method.generator.state_dict().items():   # eval-mode sampling leaves the generator as it was
-        torch.testing.assert_close(v, g_before[k], msg=f"student step changed generator {k}")
-    for k, v in teacher.state_dict().items():
-        torch.testing.assert_close(v, t_before[k])
-    assert teacher.training is False
+    assert_each_step_updates_only_its_network(build(name, teacher), teacher)
 
 
 @pytest.mark.parametrize("name", ["dafl"])
@@ -135,7 +88,7 @@ def discrepancy(method, x):
 def test_adversarial_term_is_minus_the_student_teacher_discrepancy(name, teacher):
     method = build(name, teacher, **only(name, "adv"))
     method.student.eval()
-    terms = terms_for_fresh_batch(method)
+    terms = generator_terms(method)
     assert float(terms["adv"].detach()) < 0, f"{name}: the generator must maximise the discrepancy"
     # the adversarial term plays against the real student (Fast-Datafree's issue #11 gives KL(t, t) = 0)
     assert abs(float(terms["adv"].detach())) > 1e-4
@@ -160,7 +113,7 @@ def test_a_generator_step_increases_the_discrepancy(name, teacher):
 @pytest.mark.parametrize("name", ["dafl", "dfq"])
 def test_balance_and_one_hot_signs(name, teacher):
     method = build(name, teacher)
-    terms = terms_for_fresh_batch(method)
+    terms = generator_terms(method)
     import math
 
     # balance = -weight * entropy of the mean prediction: minimising it spreads the classes
@@ -172,7 +125,7 @@ def test_balance_and_one_hot_signs(name, teacher):
 
 def test_dfq_bn_term_is_the_teacher_statistics_distance(teacher):
     method = build("dfq", teacher, **only("dfq", "bn"))
-    terms = terms_for_fresh_batch(method)
+    terms = generator_terms(method)
     assert float(terms["bn"].detach()) > 0
     assert METHODS.get("dfq").requires_bn
     lenet = create_model("lenet5", 10, (1, 32, 32))

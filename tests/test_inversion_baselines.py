@@ -2,51 +2,33 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
 
 import methods  # noqa: F401
-from benchmark.data import get_dataset
 from benchmark.losses import BatchNormStatistics
 from benchmark.models.generators import DataFreeGenerator
-from benchmark.build import build_method
-from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
 from benchmark.resolve import resolve_cell
 from methods import fast as fast_module
-from methods._inversion import (ImagePool, js_divergence, masked_disagreement,
+from methods._inversion import (ImagePool, LowestLoss, js_divergence, masked_disagreement,
                                 random_crop_flip, random_resized_crop)
 from methods.cmi import feature_layers
 from methods.fast import Fast
 from grad_flags import nonzero_grads
+from method_kit import SPEC, build_small, mismatched_bn_teacher
 
-SPEC = get_dataset("digits")
 SMALL = {"batch_size": 16, "g_steps": 2, "kd_steps": 2}
 
 
-def _teacher() -> torch.nn.Module:
-    torch.manual_seed(0)
-    t = create_model("cnn_wide", 10, SPEC.image_shape)
-    with torch.no_grad():            # BN statistics that random images do not match
-        for m in t.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return t.eval().requires_grad_(False)
-
-
 def _method(name: str, iterations: int = 10, **overrides):
-    cls = METHODS.get(name)
-    small = {**SMALL, "ngf": 16} if hasattr(cls.Config(), "ngf") else SMALL
-    cfg = dataclasses.replace(cls.Config(), **{**small, **overrides})
-    cfg.validate()
+    small = {**SMALL, "ngf": 16} if hasattr(METHODS.get(name).Config(), "ngf") else SMALL
     torch.manual_seed(1)
     student = create_model("cnn_narrow", 10, SPEC.image_shape)
-    return build_method(cls, _teacher(), student, SPEC, torch.device("cpu"), cfg, RunConfig(precision="fp32", channels_last=False), iterations=iterations)
+    return build_small(name, mismatched_bn_teacher(), iterations, student, **{**small, **overrides})
 
 
 def _make_student_agree(m, images: torch.Tensor) -> None:
@@ -55,6 +37,16 @@ def _make_student_agree(m, images: torch.Tensor) -> None:
     with torch.no_grad():
         top = m.teacher(m.normalizer(images)).argmax(1).mode().values
         m.student.fc.bias[top] += 10.0
+
+
+def test_lowest_loss_keeps_the_step_with_the_lowest_total():
+    lowest = LowestLoss(torch.device("cpu"))
+    for cost, value in ((3.0, 1.0), (1.0, 2.0), (2.0, 3.0)):
+        x = torch.full((2,), value, requires_grad=True)
+        lowest.offer(torch.tensor(cost), x * 1, None)
+    images, feats = lowest.best
+    assert torch.equal(images, torch.full((2,), 2.0)) and not images.requires_grad and feats is None
+    assert float(lowest.cost) == 1.0
 
 
 # ---- the image pool ---------------------------------------------------------------------------------------
@@ -116,7 +108,7 @@ def test_augmentations_keep_shape_and_pass_gradient():
 
 
 def test_bn_prior_matches_the_released_formula_and_blends_with_momentum():
-    teacher = _teacher()
+    teacher = mismatched_bn_teacher()
     prior = BatchNormStatistics(teacher, momentum=0.9)
     x = torch.randn(8, 1, 16, 16)
     stats = []

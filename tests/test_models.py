@@ -9,13 +9,7 @@ from benchmark.config import ConfigError
 from benchmark.models import MODELS, check_model_fits, create_model
 
 SIZES = (8, 16, 28, 32, 64)
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches only: OpenMP threads add little but contention on a busy 2-core machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ZOO = ("resnet18", "resnet34", "vgg11", "wrn16_1", "wrn16_2", "wrn40_1", "wrn40_2", "lenet5", "lenet5_half",

@@ -1,7 +1,6 @@
 """Method-specific tests of NAYER (methods/nayer.py): label embeddings, noisy layers, loop schedule, gradients."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 
@@ -10,41 +9,21 @@ import torch
 
 import methods  # noqa: F401
 from benchmark.config import ConfigError
-from benchmark.data import get_dataset
-from benchmark.build import build_method
-from benchmark.config import RunConfig
-from benchmark.models import create_model
 from benchmark.records import Cell
 from benchmark.registry import METHODS
 from benchmark.resolve import resolve_cell
 from methods.nayer import (NoisyLayerGenerator, balanced_targets, load_label_embedding,
                            random_label_embedding)
 from grad_flags import nonzero_grads
+from method_kit import SPEC, build_small, mismatched_bn_teacher
 
-SPEC = get_dataset("digits")
 AUTHORS_PICKLE = "/work/refs/tmtuan1307+NAYER/label_embedding/cifar10_le.pickle"
-
-
-def _teacher() -> torch.nn.Module:
-    torch.manual_seed(0)
-    t = create_model("cnn_wide", 10, SPEC.image_shape)
-    with torch.no_grad():
-        for m in t.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return t.eval().requires_grad_(False)
 
 
 def _method(iterations: int = 10, **overrides):
     small = {"batch_size": 16, "synthesis_batch_size": 24, "g_steps": 2, "kd_steps": 2, "ngf": 8,
              "le_emb_size": 32, "label_embedding_dim": 16, "warmup": 1, "gwp_loops": 3, "g_loops": 2, "g_life": 2}
-    cfg = dataclasses.replace(METHODS.get("nayer").Config(), **{**small, **overrides})
-    cfg.validate()
-    METHODS.get("nayer").check_config(cfg, SPEC)
-    torch.manual_seed(1)
-    return build_method("nayer", _teacher(), create_model("cnn_narrow", 10, SPEC.image_shape), SPEC, torch.device("cpu"), cfg,
-                        RunConfig(precision="fp32", channels_last=False), iterations=iterations)
+    return build_small("nayer", mismatched_bn_teacher(), iterations, **{**small, **overrides})
 
 
 # ---- recipe -------------------------------------------------------------------------------------------------
@@ -179,3 +158,18 @@ def test_reinitialise_restores_default_initialisation():
     bound = 1 / 32 ** 0.5                                        # kaiming-uniform default of nn.Linear
     assert g.l1.weight.abs().max() <= bound and torch.equal(g.body[0].weight, torch.ones_like(g.body[0].weight))
     assert torch.equal(g.label_emb, random_label_embedding(10, 16, 0))
+
+
+@pytest.mark.parametrize("released", [False, True])
+def test_student_train_after_loop_is_the_released_mode_change(released):
+    """Compatibility option: the released ``synthesize`` puts the student into training mode after each loop,
+    so the second loop's adversarial forward updates the student's BN running statistics; ours keeps it in
+    eval mode (default) and synthesis leaves the student's statistics alone."""
+    m = _method(warmup=0, g_loops=2, g_steps=1, student_train_after_loop=released)
+    bns = [x for x in m.student.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    before = [b.running_mean.clone() for b in bns]
+    m.round = 1                                        # after the warm-up: the adversarial term is on
+    m.student.eval()
+    m.synthesize()
+    changed = any(not torch.equal(a, b.running_mean) for a, b in zip(before, bns))
+    assert changed is released

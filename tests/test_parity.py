@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from benchmark.cli import main
 from benchmark.parity import ADAPTERS, adapter
+from benchmark.parity.capture import locals_at_each_step, pool_iteration_terms
 from benchmark.parity.core import (ParityError, Problem, Sides, Tape, compare_states, copy_state, locals_at_step,
                                    locate, reference_code, returns_of, run, table, value_diff)
 
@@ -161,6 +162,11 @@ def test_locals_and_returns_are_captured():
         released_step()
     assert rows == [{"a": 2.0, "twice": 4.0}] and "step" not in vars(opt)
 
+    sgd_step, seen = torch.optim.SGD.step, []
+    with locals_at_each_step(torch.optim.SGD, lambda o, loc: seen.append((o is opt, float(loc["loss_a"].detach())))):
+        released_step()
+    assert seen == [(True, pytest.approx(1.6))] and torch.optim.SGD.step is sgd_step
+
     class Ours:
         def step(self):
             return {"x": torch.tensor(1.5)}
@@ -169,6 +175,31 @@ def test_locals_and_returns_are_captured():
     with returns_of(obj, "step", out):
         obj.step()
     assert out == [{"x": 1.5}] and "step" not in vars(obj)
+
+
+def test_pool_iteration_terms_rows_in_order_and_restored():
+    class Pooled:                                              # the shape of deepinv / cmi / fast
+        def __init__(self, wrapped: bool):
+            self.wrapped = wrapped
+
+        def losses(self, x):
+            terms = {"bn": torch.tensor(x), "oh": torch.tensor(0.25)}
+            return (terms, None) if self.wrapped else terms
+
+        def student_step(self):
+            return torch.tensor(3.0)
+
+        def train_iteration(self, i):
+            for x in (1.0, 2.0):
+                self.losses(x)
+            self.student_step()
+
+    plain = Pooled(wrapped=False)
+    assert pool_iteration_terms(plain, 0) == [{"g_bn": 1.0, "g_oh": 0.25, "g_total": 1.25},
+                                              {"g_bn": 2.0, "g_oh": 0.25, "g_total": 2.25}, {"s_kd": 3.0}]
+    assert "losses" not in vars(plain) and "student_step" not in vars(plain)
+    rows = pool_iteration_terms(Pooled(wrapped=True), 0, terms_of=lambda out: out[0])
+    assert rows[1] == {"g_bn": 2.0, "g_oh": 0.25, "g_total": 2.25} and len(rows) == 3
 
 
 def test_reference_code_shims_and_cleans_up(tmp_path):
@@ -224,6 +255,9 @@ def test_matches_released_code(method, tmp_path):
 @pytest.mark.parametrize("name,extra,terms", [
     ("cmi", {"bank_size": 64, "n_neg": 8}, {"g_bn", "g_oh", "g_adv", "g_cr", "s_kd"}),
     ("fast-2", {"warmup": 0}, {"g_bn", "g_oh", "g_adv", "s_kd"}),
+    ("nayer", {"warmup": 0, "g_loops": 1, "synthesis_batch_size": 8, "label_embedding": "random",
+               "label_embedding_dim": 16, "le_emb_size": 16},
+     {"g_bn", "g_oh", "g_adv", "s_kd"}),
 ])
 def test_kornia_views_option_runs(name, extra, terms):
     """The compatibility option that the cmi and fast parity needs: the views through kornia, as released."""
@@ -291,7 +325,7 @@ def test_floor_does_not_excuse_a_real_difference(toy_root):
     assert other.floor["params"]["model.weight"] < 1e-12 < other.params["model.weight"]["rel"]
 
 
-def chaotic_adapter():
+def chaotic_adapter(dtype=torch.float64):
     """The logistic map at r = 3.9 computed in two mathematically equal orders: rounding differences grow
     until the two sequences are unrelated, as do two runs of the same order from slightly different starts."""
     mod = types.SimpleNamespace(REPO="toy/none", MARKER="none")
@@ -299,7 +333,7 @@ def chaotic_adapter():
     class State(nn.Module):
         def __init__(self):
             super().__init__()
-            self.x = nn.Parameter(torch.tensor(0.3, dtype=torch.float64), requires_grad=False)
+            self.x = nn.Parameter(torch.tensor(0.3, dtype=dtype), requires_grad=False)
 
     def build(problem, path):
         ours, ref = State(), State()
@@ -327,6 +361,59 @@ def test_floor_accepts_rounding_amplified_by_chaotic_dynamics():
     assert "within the rounding floor" in table(result)
 
 
+def reinitialising_adapter(hook: bool):
+    """The logistic map again, but its state is re-initialised (to 0.3) in the first iteration, as NAYER's
+    generator is rebuilt: the perturbation of the initial state is wiped unless the adapter's ``perturb`` hook
+    perturbs the re-initialised value too."""
+    mod = types.SimpleNamespace(REPO="toy/none", MARKER="none")
+
+    class State(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.x = nn.Parameter(torch.tensor(0.3, dtype=torch.float64), requires_grad=False)
+
+    def build(problem, path):
+        ours, ref = State(), State()
+        scale = {"value": 1.0}
+
+        def ours_iteration(i):
+            with torch.no_grad():
+                if i == 0:
+                    ours.x.fill_(0.3 * scale["value"])
+                ours.x.copy_(3.9 * ours.x * (1 - ours.x))
+            return [{"x": float(ours.x)}]
+
+        def ref_iteration(i):
+            with torch.no_grad():
+                ref.x.copy_(3.9 * ref.x - 3.9 * ref.x * ref.x)
+            return [{"x": float(ref.x)}]
+
+        perturb = (lambda eps: scale.__setitem__("value", 1 + eps)) if hook else None
+        return Sides(ours_iteration, ref_iteration, {"state": (ours, ref)}, options={},
+                     reference={"repo": mod.REPO}, perturb=perturb)
+
+    mod.build = build
+    return mod
+
+
+def test_floor_perturbs_what_the_run_reinitialises_through_the_adapter_hook():
+    wiped = run(reinitialising_adapter(False), tiny_problem(steps=80), None, with_floor=True)
+    assert wiped.floor["terms"]["x"] == 0 and not wiped.within_floor
+    hooked = run(reinitialising_adapter(True), tiny_problem(steps=80), None, with_floor=True)
+    assert hooked.floor["terms"]["x"] > 1e-2 and hooked.within_floor
+
+
+def test_floor_perturbs_float32_by_ulps_not_below_its_resolution():
+    """In float32 a perturbation of 1e-15 leaves the weights unchanged (floor 0, every rounding difference
+    would count as real); the floor then perturbs by a few float32 ulps."""
+    from benchmark.parity.floor import EPS, eps_for
+
+    assert eps_for(torch.float64) == EPS and 1e-7 < eps_for(torch.float32) < 1e-6
+    result = run(chaotic_adapter(torch.float32), tiny_problem(steps=80, dtype=torch.float32), None, with_floor=True)
+    assert not result.ok and result.floor["eps"] == eps_for(torch.float32)
+    assert result.within_floor and result.floor["terms"]["x"] > 1e-2
+
+
 def test_cpsc_generator_names_and_pair():
     from benchmark.models.generators import ConditionalGenerator
     from benchmark.parity import cpsc
@@ -342,3 +429,42 @@ def test_cpsc_generator_names_and_pair():
         args, "dafl", "wrn40_2", "wrn16_1", True).student_arch) == ("wrn16_2", "wrn16_1")
     args.pair_given = True
     assert _problem(args, "cpsc-dfkd", "wrn40_2", "wrn16_1", True).student_arch == "wrn16_1"
+
+
+def test_cudfkd_generator_names_follow_the_released_dcgan_generator():
+    """Our width-4 generator's keys map one to one onto ``DCGAN_Generator_CIFAR10``'s (``project.1``, ``main.*``
+    with the same module indices), so the state dicts copy across and compare group by group."""
+    from benchmark.models.generators import DataFreeGenerator
+    from benchmark.parity import cudfkd
+
+    keys = [cudfkd.generator_name(k) for k in DataFreeGenerator((3, 32, 32), 512, 8, 4).state_dict()]
+    assert len(set(keys)) == len(keys) and all(k.split(".")[0] in ("project", "main") for k in keys)
+    # the released layout: Flatten + Linear; BN, up, conv, BN, LReLU, up, conv, BN, LReLU, conv, Sigmoid
+    assert {"project.1.weight", "project.1.bias", "main.0.running_var", "main.2.weight", "main.3.weight",
+            "main.6.weight", "main.7.running_mean", "main.9.weight", "main.9.bias"} <= set(keys)
+    assert "cudfkd" in ADAPTERS and cudfkd.MARKER == "datafree/synthesis/cudfkd.py"
+
+
+def test_nayer_generator_names_follow_the_released_nl_generator():
+    """Our noisy-layer generator's keys map one to one onto ``NLGenerator``'s (``le1.i``, ``l1.0``,
+    ``conv_blocks.*``; ``label_emb`` becomes a buffer there)."""
+    from benchmark.parity import nayer
+    from methods.nayer import NoisyLayerGenerator
+
+    generator = NoisyLayerGenerator(torch.randn(10, 6), (3, 32, 32), 25, 8, 12)
+    keys = [nayer.generator_name(k) for k in generator.state_dict()]
+    assert len(set(keys)) == len(keys)
+    assert {"label_emb", "n1.weight", "n1.running_var", "le1.0.weight", "le1.2.bias", "l1.0.weight",
+            "conv_blocks.0.weight", "conv_blocks.2.weight", "conv_blocks.6.weight", "conv_blocks.9.bias"} <= set(keys)
+    assert not any(k.startswith(("noisy.", "body.", "l1.weight")) for k in keys)
+
+
+def test_every_data_free_method_is_compared_or_says_why_not():
+    from benchmark.parity import NOT_COMPARED
+    from benchmark.registry import METHODS, load_plugins
+
+    load_plugins()
+    data_free = {name for name in METHODS if METHODS.get(name).data_free}
+    assert data_free <= set(ADAPTERS) | set(NOT_COMPARED), data_free - set(ADAPTERS) - set(NOT_COMPARED)
+    assert not set(ADAPTERS) & set(NOT_COMPARED) and all(NOT_COMPARED.values())
+    assert {"cudfkd", "adadfkd"} <= set(ADAPTERS)

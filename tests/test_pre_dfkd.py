@@ -9,43 +9,16 @@ import torch.nn as nn
 
 import methods  # noqa: F401
 from benchmark.config import ConfigError
-from benchmark.data import get_dataset
-from benchmark.build import build_method
-from benchmark.config import RunConfig
-from benchmark.models import create_model
 from benchmark.registry import METHODS
 from grad_flags import nonzero_grads
+from method_kit import SPEC, build_small, changed, mismatched_bn_teacher, snapshot
 from methods.pre_dfkd import PREEncoder, PREGenerator, adam_first_step, info_entropy10, js_agreement
 
-SPEC = get_dataset("digits")
 SMALL = {"batch_size": 16, "replay_divisor": 8, "nz": 12, "ngf": 8, "s_steps": 3, "mem_steps": 2}
 
 
-def _teacher() -> torch.nn.Module:
-    torch.manual_seed(0)
-    t = create_model("cnn_wide", 10, SPEC.image_shape)
-    with torch.no_grad():
-        for m in t.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return t.eval().requires_grad_(False)
-
-
 def _method(iterations: int = 10, **overrides):
-    cfg = dataclasses.replace(METHODS.get("pre-dfkd").Config(), **{**SMALL, **overrides})
-    cfg.validate()
-    torch.manual_seed(1)
-    return build_method("pre-dfkd", _teacher(), create_model("cnn_narrow", 10, SPEC.image_shape), SPEC, torch.device("cpu"), cfg,
-                        RunConfig(precision="fp32", channels_last=False), iterations=iterations)
-
-
-def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _changed(module: nn.Module, before: dict[str, torch.Tensor]) -> bool:
-    return any(not torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    return build_small("pre-dfkd", mismatched_bn_teacher(), iterations, **{**SMALL, **overrides})
 
 
 def test_defaults_and_paper_budgets_follow_main_py():
@@ -107,14 +80,14 @@ def test_generator_step_terms_reach_the_generator_and_train_only_it():
         return orig(opt, loss)
 
     m.optimize = spy
-    s_before, mem_before = _snapshot(m.student), _snapshot(m.memory)
+    s_before, mem_before = snapshot(m.student), snapshot(m.memory)
     g_before = [p.detach().clone() for p in m.generator.parameters()]
     logs = m.generator_step()
     assert {"g_oh", "g_ie", "g_act", "g_adv"} <= set(logs)
     assert all(captured["flags"])
     assert any(not torch.equal(a, b) for a, b in zip(g_before, m.generator.parameters()))
     assert all(p.grad is None for p in m.student.parameters()) and all(p.grad is None for p in m.teacher.parameters())
-    assert not _changed(m.memory, mem_before)
+    assert not changed(m.memory, mem_before)
     # the student's weights do not move (its BN statistics do: it runs in train mode, as released)
     assert all(torch.equal(p, s_before[k]) for k, p in m.student.named_parameters())
 
@@ -146,12 +119,12 @@ def test_student_sees_novel_plus_replayed_memory_samples():
     h1 = m.student.register_forward_hook(lambda mod, inp, out: sizes.append(inp[0].shape[0]))
     h2 = m.memory.register_forward_hook(lambda mod, inp, out: memory_modes.append(mod.training))
     novel = m.generator(torch.randn(16, m.cfg.nz)).detach()
-    mem_before, g_before = _snapshot(m.memory), _snapshot(m.generator)
+    mem_before, g_before = snapshot(m.memory), snapshot(m.generator)
     m.student_step(novel)
     h1.remove(), h2.remove()
     assert sizes == [16 + 16 // 8]                     # the replay batch is batch_size // 8
     assert memory_modes == [False, False]              # latent step + rendering, memory in eval mode
-    assert not _changed(m.memory, mem_before) and not _changed(m.generator, g_before)
+    assert not changed(m.memory, mem_before) and not changed(m.generator, g_before)
     assert all(p.grad is None for p in m.memory.parameters())
     torch.manual_seed(3)
     z, latent_loss = m.replay_latents(2)
@@ -171,14 +144,14 @@ def test_vae_step_trains_memory_and_encoder_only_and_replays_after_the_first_ite
     novel = m.generator(torch.randn(16, m.cfg.nz)).detach()
     targets = []
     h = m.encoder.register_forward_hook(lambda mod, inp, out: targets.append(inp[0].shape[0]))
-    before = {n: _snapshot(getattr(m, n)) for n in ("memory", "encoder", "student", "generator")}
+    before = {n: snapshot(getattr(m, n)) for n in ("memory", "encoder", "student", "generator")}
     logs = m.vae_step(novel, first=True)
     assert set(logs) == {"vae_rec", "vae_kld"} and targets == [8]          # auto-encodes the novel half
     logs = m.vae_step(novel, first=False)
     assert set(logs) == {"vae_latent", "vae_rec", "vae_kld"} and targets == [8, 8 + 2]
     h.remove()
-    assert _changed(m.memory, before["memory"]) and _changed(m.encoder, before["encoder"])
-    assert not _changed(m.student, before["student"]) and not _changed(m.generator, before["generator"])
+    assert changed(m.memory, before["memory"]) and changed(m.encoder, before["encoder"])
+    assert not changed(m.student, before["student"]) and not changed(m.generator, before["generator"])
     # the replay latent loss reaches the memory generator (released: its backward leaves the gradient there)
     torch.manual_seed(0)
     _, latent = m.replay_latents(2)

@@ -10,35 +10,17 @@ import torch.nn.functional as F
 
 import methods  # noqa: F401
 from benchmark.config import ConfigError
-from benchmark.data import get_dataset
-from benchmark.build import build_method
-from benchmark.config import RunConfig
 from benchmark.models import create_model
 from benchmark.registry import METHODS
 from methods.spaceshipnet import ActivationSites, SplitGenerator, channel_exchange, pair_stages
 from grad_flags import nonzero_grads
+from method_kit import SPEC, build_small, mismatched_bn_teacher
 
-SPEC = get_dataset("digits")
-
-
-def _teacher() -> torch.nn.Module:
-    torch.manual_seed(0)
-    t = create_model("cnn_wide", 10, SPEC.image_shape)
-    with torch.no_grad():
-        for m in t.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return t.eval().requires_grad_(False)
 
 
 def _method(iterations: int = 10, **overrides):
     small = {"batch_size": 16, "g_steps": 2, "kd_steps": 2, "ngf": 8, "nz": 16}
-    cfg = dataclasses.replace(METHODS.get("spaceshipnet").Config(), **{**small, **overrides})
-    cfg.validate()
-    torch.manual_seed(1)
-    return build_method("spaceshipnet", _teacher(), create_model("cnn_narrow", 10, SPEC.image_shape), SPEC, torch.device("cpu"), cfg,
-                        RunConfig(precision="fp32", channels_last=False), iterations=iterations)
+    return build_small("spaceshipnet", mismatched_bn_teacher(), iterations, **{**small, **overrides})
 
 
 def test_defaults_and_paper_budgets_follow_the_yaml():
@@ -113,7 +95,7 @@ def test_every_student_term_reaches_the_student_and_not_the_teacher():
 
 
 def test_cam_averaged_over_space_plus_bias_gives_the_logits():
-    t = _teacher()
+    t = mismatched_bn_teacher()
     sites = ActivationSites(t)
     x = torch.randn(4, *SPEC.image_shape)
     with sites.recording():

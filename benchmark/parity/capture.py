@@ -59,6 +59,24 @@ def locals_at_step(optimizer: torch.optim.Optimizer, names: dict[str, Callable[[
 
 
 @contextlib.contextmanager
+def locals_at_each_step(cls: type, hook: Callable[[Any, dict[str, Any]], None]) -> Iterator[None]:
+    """While active, every ``cls.step()`` of any instance (the released synthesizers create their optimizers
+    inside ``synthesize()``, out of reach) first calls ``hook(optimizer, locals)`` with the local variables
+    of the function that called it."""
+    original = cls.step
+
+    def step(self, *args, **kwargs):
+        hook(self, caller_locals())
+        return original(self, *args, **kwargs)
+
+    cls.step = step
+    try:
+        yield
+    finally:
+        cls.step = original
+
+
+@contextlib.contextmanager
 def returns_of(obj: Any, attr: str, sink: list[dict[str, float]],
                keep: Callable[[str], bool] = lambda k: True) -> Iterator[None]:
     """While active, every call of ``obj.attr()`` appends the float values of the dict it returns to ``sink``
@@ -75,3 +93,32 @@ def returns_of(obj: Any, attr: str, sink: list[dict[str, float]],
         yield
     finally:
         delattr(obj, attr)
+
+
+def pool_iteration_terms(ours: Any, i: int,
+                         terms_of: Callable[[Any], dict[str, Any]] = lambda out: out) -> list[dict[str, float]]:
+    """Run our method's ``train_iteration(i)`` and return its terms in execution order: a row per synthesis
+    step (``g_<term>`` for each weighted term that ``ours.losses`` returns, read by ``terms_of`` from its
+    return value, and their sum ``g_total``), then a row ``s_kd`` per student step (``ours.student_step``'s
+    loss): the shape of the pool-based methods (deepinv, cmi, fast)."""
+    g_rows: list[dict[str, float]] = []
+    s_rows: list[dict[str, float]] = []
+    original_losses, original_student_step = ours.losses, ours.student_step
+
+    def losses(*args, **kwargs):
+        out = original_losses(*args, **kwargs)
+        row = {f"g_{k}": _scalar(v) for k, v in terms_of(out).items()}
+        g_rows.append(row | {"g_total": sum(row.values())})
+        return out
+
+    def student_step():
+        loss = original_student_step()
+        s_rows.append({"s_kd": _scalar(loss)})
+        return loss
+
+    ours.losses, ours.student_step = losses, student_step
+    try:
+        ours.train_iteration(i)
+    finally:
+        del ours.losses, ours.student_step
+    return g_rows + s_rows

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from .capture import caller_locals, locals_at_step
+from .capture import locals_at_each_step, locals_at_step, pool_iteration_terms
 from .core import Problem, Sides, Tape, copy_state
-from .deepinv import _cifar_transform, _in_process_loader, _PoolState, _prepare_draws, _written_order
+from .deepinv import _cifar_transform, _pool_states, _prepare_draws, _released_pool_round
 
 REPO = "zju-vipa/Fast-Datafree"
 MARKER = "datafree/synthesis/fast_meta.py"
@@ -127,76 +127,38 @@ def build(problem: Problem, path) -> Sides:
     weights = {"bn": SCRIPT["bn"], "oh": SCRIPT["oh"], "adv": SCRIPT["adv"], "cr": SCRIPT["cr"]}
 
     def ours_iteration(i: int) -> list[dict[str, float]]:
-        g_rows: list[dict[str, float]] = []
-        s_rows: list[dict[str, float]] = []
-        original_losses, original_student_step = ours.losses, ours.student_step
-
-        def losses(images, targets):
-            terms, feats = original_losses(images, targets)
-            row = {f"g_{k}": float(v.detach()) for k, v in terms.items()}
-            row["g_total"] = float(torch.stack([v.detach() for v in terms.values()]).sum())
-            g_rows.append(row)
-            return terms, feats
-
-        def student_step():
-            loss = original_student_step()
-            s_rows.append({"s_kd": float(loss.detach())})
-            return loss
-
-        ours.losses, ours.student_step = losses, student_step
         our_reset.seed = 1000 + i
         saved, ours_module.reset_generator = ours_module.reset_generator, our_reset
         try:
-            ours.train_iteration(i)
+            return pool_iteration_terms(ours, i, terms_of=lambda out: out[0])     # losses: (terms, features)
         finally:
             ours_module.reset_generator = saved
-            del ours.losses, ours.student_step
-        return g_rows + s_rows
 
     def ref_iteration(i: int) -> list[dict[str, float]]:
         tape = tape_holder["tape"]
         _prepare_draws(tape)
         rows: list[dict[str, float]] = []
-        collect = ref_utils._collect_all_images
-        ref_utils._collect_all_images = lambda root, *a, **kw: sorted(collect(root, *a, **kw), key=_written_order)
         saved_random, ref_module.random = ref_module.random, _BankRandom(tape)
         ref_reset.seed = 1000 + i
         saved_reset, ref_module.reset_model = ref_module.reset_model, ref_reset
-        adam_step = torch.optim.Adam.step
 
-        def step(self, *a, **kw):                             # the synthesis Adam is created inside synthesize()
-            if self is not synth.optimizer_head:
-                loc = caller_locals()
+        def synthesis_terms(opt, loc):                        # the synthesis Adam is created inside synthesize()
+            if opt is not synth.optimizer_head:
                 row = {f"g_{k}": w * float(loc[f"loss_{k}"].detach().reshape(-1)[0]) for k, w in weights.items()}
                 row["g_total"] = float(loc["loss"].detach())
                 rows.append(row)
-            return adam_step(self, *a, **kw)
 
         try:
-            with _in_process_loader(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*optimizer.step.*")
-                torch.optim.Adam.step = step
-                synth.synthesize()
-                torch.optim.Adam.step = adam_step
+            with _released_pool_round(ref_utils):
+                with locals_at_each_step(torch.optim.Adam, synthesis_terms):
+                    synth.synthesize()
                 with locals_at_step(optimizer, {"s_kd": "loss_s"}, rows):
                     datafree_kd.train(synth, [student, teacher], criterion, optimizer, args)
                 scheduler.step()
         finally:
-            torch.optim.Adam.step = adam_step
             ref_module.random = saved_random
             ref_module.reset_model = saved_reset
-            ref_utils._collect_all_images = collect
         return rows
-
-    def ref_pool():
-        import numpy as np
-        from PIL import Image
-        files = sorted(ref_utils._collect_all_images(str(pool_dir)), key=_written_order)
-        arr = np.stack([np.asarray(Image.open(f)) for f in files]).transpose(0, 3, 1, 2)
-        return torch.from_numpy(arr.copy()).to(torch.float64) / 255
-
-    def our_pool():
-        return ours.pool.decode(ours.pool.images[:len(ours.pool)]).double()
 
     class _Bank:
         def __init__(self, fn):
@@ -209,7 +171,7 @@ def build(problem: Problem, path) -> Sides:
     return Sides(
         ours_iteration=ours_iteration, ref_iteration=ref_iteration,
         modules={"student": (ours.student, student), "generator": (ours.generator, generator),
-                 "head": (ours.head, synth.head), "pool": (_PoolState(our_pool), _PoolState(ref_pool)),
+                 "head": (ours.head, synth.head), "pool": _pool_states(ours, pool_dir, ref_utils),
                  "bank": (_Bank(lambda: ours.bank.data[:n_bank()].double()),
                           _Bank(lambda: synth.mem_bank.data[:n_bank()].double()))},
         options=options,

@@ -44,6 +44,9 @@ class Sides:
     replay_draws: bool = True                   # False when the adapter injects the draws itself
     tape_holder: dict[str, Tape] = field(default_factory=dict)   # run() puts the tape here as "tape"
     cleanup: Callable[[], None] | None = None   # called when the comparison ends (temporary folders)
+    # floor.measure: called with eps on the perturbed twin, for weights the run re-initialises itself (a
+    # generator rebuilt every few rounds would otherwise wipe the perturbation of its initial weights)
+    perturb: Callable[[float], None] | None = None
 
 
 @dataclass

@@ -24,11 +24,11 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from .capture import caller_locals, locals_at_step, returns_of
+from .capture import locals_at_each_step, locals_at_step, pool_iteration_terms
 from .core import Problem, Sides, Tape, copy_state
 
 REPO = "zju-vipa/Fast-Datafree"
@@ -145,6 +145,20 @@ def _cifar_transform(registry) -> Any:
     return train.transform
 
 
+@contextlib.contextmanager
+def _released_pool_round(ref_utils) -> Iterator[None]:
+    """While active, the released code lists its pool folder in the order the images were written, runs its
+    DataLoader in-process, and the scheduler's warning about our patched ``optimizer.step`` is silenced."""
+    collect = ref_utils._collect_all_images
+    ref_utils._collect_all_images = lambda root, *a, **kw: sorted(collect(root, *a, **kw), key=_written_order)
+    try:
+        with _in_process_loader(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*optimizer.step.*")
+            yield
+    finally:
+        ref_utils._collect_all_images = collect
+
+
 class _PoolState:
     """The pools as comparable state: ours decoded from memory, the reference's read back from its PNGs."""
 
@@ -153,6 +167,19 @@ class _PoolState:
 
     def state_dict(self):
         return {"images": self.fn()}
+
+
+def _pool_states(ours, pool_dir: Path, ref_utils) -> tuple[_PoolState, _PoolState]:
+    """Our pool and the released one (its PNGs in write order), as comparable states."""
+
+    def ref_pool():
+        import numpy as np
+        from PIL import Image
+        files = sorted(ref_utils._collect_all_images(str(pool_dir)), key=_written_order)
+        arr = np.stack([np.asarray(Image.open(f)) for f in files]).transpose(0, 3, 1, 2)
+        return torch.from_numpy(arr.copy()).to(torch.float64) / 255
+
+    return _PoolState(lambda: ours.pool.decode(ours.pool.images[:len(ours.pool)]).double()), _PoolState(ref_pool)
 
 
 def build(problem: Problem, path) -> Sides:
@@ -194,24 +221,7 @@ def build(problem: Problem, path) -> Sides:
     tape_holder: dict[str, Tape] = {}                          # filled by core.run
 
     def ours_iteration(i: int) -> list[dict[str, float]]:
-        g_rows: list[dict[str, float]] = []
-        s_rows: list[dict[str, float]] = []
-        original_student_step = ours.student_step
-
-        def student_step():
-            loss = original_student_step()
-            s_rows.append({"s_kd": float(loss.detach())})
-            return loss
-
-        ours.student_step = student_step
-        try:
-            with returns_of(ours, "losses", g_rows):
-                ours.train_iteration(i)
-        finally:
-            del ours.student_step
-        for row in g_rows:
-            row["g_total"] = sum(row.values())
-        return [{f"g_{k}" if k != "g_total" else k: v for k, v in r.items()} for r in g_rows] + s_rows
+        return pool_iteration_terms(ours, i)
 
     g_names = {"g_adv": lambda loc: SCRIPT["adv"] * loc["loss_adv"], "g_bn": lambda loc: SCRIPT["bn"] * loc["loss_bn"],
                "g_oh": lambda loc: SCRIPT["oh"] * loc["loss_oh"], "g_total": "loss"}
@@ -220,45 +230,25 @@ def build(problem: Problem, path) -> Sides:
         tape = tape_holder["tape"]
         _prepare_draws(tape)
         rows: list[dict[str, float]] = []
-        jitter = _Jitter(tape, int(32 * 1 / 8))
-        collect = ref_utils._collect_all_images
-        ref_utils._collect_all_images = lambda root, *a, **kw: sorted(collect(root, *a, **kw), key=_written_order)
-        saved_random, ref_module.random = ref_module.random, jitter
-        adam_step = torch.optim.Adam.step
+        saved_random, ref_module.random = ref_module.random, _Jitter(tape, int(32 * 1 / 8))
+
+        def synthesis_terms(opt, loc):                        # the synthesis Adam is created inside synthesize()
+            rows.append({k: float((v(loc) if callable(v) else loc[v]).detach()) for k, v in g_names.items()})
+
         try:
-            with _in_process_loader(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*optimizer.step.*")
-
-                def step(self, *a, **kw):                     # the synthesis Adam is created inside synthesize()
-                    frame = caller_locals()
-                    rows.append({k: float((v(frame) if callable(v) else frame[v]).detach()) for k, v in g_names.items()})
-                    return adam_step(self, *a, **kw)
-
-                torch.optim.Adam.step = step
-                synth.synthesize()
-                torch.optim.Adam.step = adam_step
+            with _released_pool_round(ref_utils):
+                with locals_at_each_step(torch.optim.Adam, synthesis_terms):
+                    synth.synthesize()
                 with locals_at_step(optimizer, {"s_kd": "loss_s"}, rows):
                     datafree_kd.train(synth, [student, teacher], criterion, optimizer, args)
                 scheduler.step()
         finally:
-            torch.optim.Adam.step = adam_step
             ref_module.random = saved_random
-            ref_utils._collect_all_images = collect
         return rows
-
-    def ref_pool():
-        from PIL import Image
-        import numpy as np
-        files = sorted(ref_utils._collect_all_images(str(pool_dir)), key=_written_order)
-        arr = np.stack([np.asarray(Image.open(f)) for f in files]).transpose(0, 3, 1, 2)
-        return torch.from_numpy(arr.copy()).to(torch.float64) / 255
-
-    def our_pool():
-        return ours.pool.decode(ours.pool.images[:len(ours.pool)]).double()
 
     sides = Sides(
         ours_iteration=ours_iteration, ref_iteration=ref_iteration,
-        modules={"student": (ours.student, student), "pool": (_PoolState(our_pool), _PoolState(ref_pool))},
+        modules={"student": (ours.student, student), "pool": _pool_states(ours, pool_dir, ref_utils)},
         options=options,
         reference={"repo": REPO, "entry": "datafree.synthesis.DeepInvSyntheiszer + datafree_kd.train",
                    "flags": {**SCRIPT, "g_steps": G_STEPS, "kd_steps": KD_STEPS, "ep_steps": KD_STEPS,

@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .core import Problem, Sides, Tape, caller_locals, copy_state, locals_at_step, returns_of
-from .deepinv import _cifar_transform, _in_process_loader, _PoolState, _prepare_draws, _written_order
+from .capture import locals_at_each_step, locals_at_step, pool_iteration_terms
+from .core import Problem, Sides, Tape, copy_state
+from .deepinv import _cifar_transform, _pool_states, _prepare_draws, _released_pool_round
 
 REPO = "zju-vipa/Fast-Datafree"
 MARKER = "datafree/synthesis/fast_meta.py"
@@ -109,74 +109,35 @@ def build(problem: Problem, path) -> Sides:
     tape_holder: dict[str, Tape] = {}                          # filled by core.run
 
     def ours_iteration(i: int) -> list[dict[str, float]]:
-        g_rows: list[dict[str, float]] = []
-        s_rows: list[dict[str, float]] = []
-        original_student_step = ours.student_step
-
-        def student_step():
-            loss = original_student_step()
-            s_rows.append({"s_kd": float(loss.detach())})
-            return loss
-
-        ours.student_step = student_step
-        try:
-            with returns_of(ours, "losses", g_rows):
-                ours.train_iteration(i)
-        finally:
-            del ours.student_step
-        out = []
-        for row in g_rows:
-            out.append({f"g_{k}": v for k, v in row.items()} | {"g_total": sum(row.values())})
-        return out + s_rows
+        return pool_iteration_terms(ours, i)
 
     def ref_iteration(i: int) -> list[dict[str, float]]:
         tape = tape_holder["tape"]
         _prepare_draws(tape)
         rows: list[dict[str, float]] = []
-        collect = ref_utils._collect_all_images
-        ref_utils._collect_all_images = lambda root, *a, **kw: sorted(collect(root, *a, **kw), key=_written_order)
-        adam_step = torch.optim.Adam.step
 
-        def step(self, *a, **kw):                             # the inner Adam is created inside synthesize()
-            if self is not synth.meta_optimizer:
-                loc = caller_locals()
+        def synthesis_terms(opt, loc):                        # the inner Adam is created inside synthesize()
+            if opt is not synth.meta_optimizer:
                 row = {"g_bn": synth.bn * _value(loc["loss_bn"]), "g_oh": synth.oh * _value(loc["loss_oh"])}
                 if synth.adv > 0 and synth.ep >= synth.ep_start:
                     row["g_adv"] = synth.adv * _value(loc["loss_adv"])
                 row["g_total"] = _value(loc["loss"])
                 rows.append(row)
-            return adam_step(self, *a, **kw)
 
-        try:
-            with _in_process_loader(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*optimizer.step.*")
-                torch.optim.Adam.step = step
+        with _released_pool_round(ref_utils):
+            with locals_at_each_step(torch.optim.Adam, synthesis_terms):
                 synth.synthesize()
-                torch.optim.Adam.step = adam_step
-                if i >= WARMUP:                                # datafree_kd.main_worker: epoch >= args.warmup
-                    with locals_at_step(optimizer, {"s_kd": "loss_s"}, rows):
-                        datafree_kd.train(synth, [student, teacher], criterion, optimizer, args)
-                    scheduler.step()
-        finally:
-            torch.optim.Adam.step = adam_step
-            ref_utils._collect_all_images = collect
+            if i >= WARMUP:                                    # datafree_kd.main_worker: epoch >= args.warmup
+                with locals_at_step(optimizer, {"s_kd": "loss_s"}, rows):
+                    datafree_kd.train(synth, [student, teacher], criterion, optimizer, args)
+                scheduler.step()
         return rows
-
-    def ref_pool():
-        import numpy as np
-        from PIL import Image
-        files = sorted(ref_utils._collect_all_images(str(pool_dir)), key=_written_order)
-        arr = np.stack([np.asarray(Image.open(f)) for f in files]).transpose(0, 3, 1, 2)
-        return torch.from_numpy(arr.copy()).to(torch.float64) / 255
-
-    def our_pool():
-        return ours.pool.decode(ours.pool.images[:len(ours.pool)]).double()
 
     return Sides(
         ours_iteration=ours_iteration, ref_iteration=ref_iteration,
         modules={"student": (ours.student, student), "generator": (ours.generator, generator),
                  "bn_mmt": (_Stats(lambda: ours.bn_prior.average), _Stats(lambda: [h.mmt for h in synth.hooks])),
-                 "pool": (_PoolState(our_pool), _PoolState(ref_pool))},
+                 "pool": _pool_states(ours, pool_dir, ref_utils)},
         options=options,
         reference={"repo": REPO, "entry": "datafree.synthesis.FastMetaSynthesizer + datafree_kd.train",
                    "flags": {**SCRIPT, **preset, "warmup": WARMUP, "kd_steps": KD_STEPS, "ep_steps": KD_STEPS,

@@ -18,8 +18,14 @@ import torch.nn as nn
 
 from .core import Problem, Sides, Tape, compare_states, value_diff
 
-EPS = 1e-15       # relative perturbation of our initial weights
+EPS = 1e-15       # relative perturbation of our initial weights (float64; see eps_for for float32)
 MARGIN = 10.0     # a parity difference within MARGIN x the floor counts as rounding
+
+
+def eps_for(dtype: torch.dtype) -> float:
+    """The relative perturbation for a comparison in ``dtype``: ``EPS``, or 4 ulps of ``dtype`` where ``EPS``
+    is below its resolution (float32: 1e-15 would leave the weights unchanged and the floor at 0)."""
+    return max(EPS, 4 * torch.finfo(dtype).eps)
 
 
 def _perturb(module: nn.Module, eps: float) -> None:
@@ -38,7 +44,7 @@ class _Renamed:
 
 
 def measure(adapter: Any, problem: Problem, path, build_seed: int = 0) -> dict[str, Any]:
-    """Run our side twice, the second copy with its compared modules' weights times (1 + EPS), the draws of
+    """Run our side twice, the second copy with its compared modules' weights times (1 + eps_for(dtype)), the draws of
     the first replayed to the second; per term the largest relative difference over the steps, per group the
     relative difference after K iterations. Call inside the reference-code context of ``core.run``."""
     twin = copy.deepcopy(problem)
@@ -46,9 +52,12 @@ def measure(adapter: Any, problem: Problem, path, build_seed: int = 0) -> dict[s
     a: Sides = adapter.build(problem, path)
     torch.manual_seed(build_seed)
     b: Sides = adapter.build(twin, path)
+    eps = eps_for(problem.dtype)
     for name, spec in b.modules.items():
         if isinstance(spec[0], nn.Module):
-            _perturb(spec[0], EPS)
+            _perturb(spec[0], eps)
+    if b.perturb is not None:
+        b.perturb(eps)
     tape = Tape()
     terms: dict[str, float] = {}
     try:
@@ -69,7 +78,7 @@ def measure(adapter: Any, problem: Problem, path, build_seed: int = 0) -> dict[s
         for s in (a, b):
             if s.cleanup is not None:
                 s.cleanup()
-    return {"eps": EPS, "margin": MARGIN, "terms": terms, "params": params}
+    return {"eps": eps, "margin": MARGIN, "terms": terms, "params": params}
 
 
 def within(rel: float, floor: float | None) -> bool:

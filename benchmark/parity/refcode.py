@@ -61,7 +61,9 @@ def _stub(name: str, **attrs) -> types.ModuleType:
 def reference_code(path: Path) -> Iterator[None]:
     """Make the checkout at ``path`` importable, with shims for what it needs but this machine lacks:
     ``torchvision.models.utils`` (removed from torchvision; its model zoo imports it), ``termcolor`` when not
-    installed (its logger), and ``.cuda()`` as a no-op on tensors and modules (some code calls it
+    installed (its logger), ``wandb`` and ``xlsxwriter`` when not installed (NAYER's trainer and its ``fast_meta`` import them for
+    logging; nothing the comparison runs uses them), and
+    ``.cuda()`` as a no-op on tensors and modules (some code calls it
     unconditionally). On exit every module loaded from the checkout and every shim is removed again, so two
     checkouts with the same package name (CMI's and Fast-Datafree's ``datafree``) can be used one after the
     other."""
@@ -78,6 +80,15 @@ def reference_code(path: Path) -> Iterator[None]:
         import termcolor  # noqa: F401
     except ImportError:
         shims["termcolor"] = _stub("termcolor", colored=lambda text, *a, **k: text)
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        shims["wandb"] = _stub("wandb", init=lambda *a, **k: None, log=lambda *a, **k: None,
+                               finish=lambda *a, **k: None)
+    try:
+        import xlsxwriter  # noqa: F401
+    except ImportError:
+        shims["xlsxwriter"] = _stub("xlsxwriter")
     for name, mod in shims.items():
         sys.modules[name] = mod
     saved_cuda = (torch.Tensor.cuda, nn.Module.cuda)

@@ -1,5 +1,5 @@
-"""The report's table model (:class:`Column`, :class:`Txt`, :class:`Table`) and the row / column orders
-every table and figure shares."""
+"""The report's table model (:class:`Txt`, :class:`Table`; its :class:`Column` is
+:class:`benchmark.records.Column`) and the row / column orders every table and figure shares."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..launch.grid import PAIR_PRESETS
+from ..records import Column
 from .load import REFERENCE_METHODS, ReportError
 
 # ---- orders and layouts --------------------------------------------------------------------------------
@@ -29,21 +30,6 @@ ALPHA = 0.05
 TEST_NAME = "Welch's two-sided t-test over seeds"
 MISSING = "—"
 EPS = 1e-9
-
-
-@dataclass(frozen=True, order=True)
-class Column:
-    dataset: str
-    teacher: str
-    student: str
-
-    @property
-    def pair(self) -> str:
-        return f"{self.teacher}→{self.student}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.dataset} {self.pair}"
 
 
 @dataclass

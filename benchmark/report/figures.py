@@ -75,12 +75,17 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
+def _done_columns(df: pd.DataFrame, columns: list[Column]) -> tuple[pd.DataFrame, list[Column]]:
+    """The finished runs, and those of ``columns`` that hold any."""
+    done = df[df["status"] == "done"]
+    return done, [c for c in columns if not _in_column(done, c).empty]
+
+
 def acc_vs_time(df: pd.DataFrame, out_dir: Path, metric: str, columns: list[Column], colors: dict) -> list[Path]:
     import seaborn as sns
 
     value = METRICS[metric][0]
-    done = df[df["status"] == "done"]
-    cols = [c for c in columns if not _in_column(done, c).empty]
+    done, cols = _done_columns(df, columns)
     if not cols:
         return []
     with sns.axes_style("whitegrid"):
@@ -152,8 +157,7 @@ def accuracy_bars(df: pd.DataFrame, out_dir: Path, metric: str, columns: list[Co
     import seaborn as sns
 
     value = METRICS[metric][0]
-    done = df[df["status"] == "done"]
-    cols = [c for c in columns if not _in_column(done, c).empty]
+    done, cols = _done_columns(df, columns)
     if not cols:
         return []
     with sns.axes_style("whitegrid"):

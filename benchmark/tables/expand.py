@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..config import ConfigError, RunConfig, apply_overrides, coerce, split_overrides
-from ..records import Cell
+from ..records import Cell, Column
 from .spec import RowSpec, SpecError, TableSpec, format_value
 
 # ---- --set sweeps ------------------------------------------------------------------------------------------
@@ -118,17 +118,6 @@ def _raw_overrides(overrides: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 # ---- expansion ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, order=True)
-class Column:
-    dataset: str
-    teacher: str
-    student: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.dataset} {self.teacher}→{self.student}"
-
 
 @dataclass(frozen=True)
 class PlannedCell:

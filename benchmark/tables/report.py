@@ -120,9 +120,8 @@ def build(exp: Expansion, df: pd.DataFrame, metric: str, published: Published | 
     """The table of ``exp`` from the record frame ``df`` (:func:`benchmark.report.load.load_records`)."""
     published = load_published() if published is None else published
     frame, rows, problems = assign_records(exp, df)
-    columns = [Column(c.dataset, c.teacher, c.student) for c in exp.columns]
-    no_budget = {(p.row.label, Column(p.column.dataset, p.column.teacher, p.column.student))
-                 for p in exp.unresolved()}
+    columns = list(exp.columns)
+    no_budget = {(p.row.label, p.column) for p in exp.unresolved()}
     value_col = METRICS[metric][0]
     cells: dict[tuple[str, Column], AccCell] = {}
     failures: list[str] = []
