@@ -17,8 +17,8 @@ skipped where they resolve to the plain path).
 Command (from the repository root; docs/performance.md explains the baseline and a CPU-time variant for
 busy machines)::
 
-    python -m pytest benchmarks --benchmark-enable --benchmark-only \
-        --benchmark-storage=file://benchmarks/baseline --benchmark-compare=0001 --benchmark-compare-fail=median:20%
+    python -m pytest benchmarks -k digits --benchmark-enable --benchmark-only \
+        --benchmark-storage=file://benchmarks/baseline --benchmark-compare=0002 --benchmark-compare-fail=median:20%
 
 ``--benchmark-enable`` overrides pyproject's ``--benchmark-disable``; ``--benchmark-save=<name>`` records a new
 baseline, ``-k cpsc`` selects methods, ``--bench-rounds N`` sets the timed iterations (default 3).
