@@ -28,7 +28,7 @@ import torch
 
 from .capture import locals_at_step, returns_of
 from .core import Problem, Sides, copy_state
-from .cudfkd import generator_name
+from .cudfkd import fork_models, generator_name
 
 REPO = "ljrprocc/DFKD"
 MARKER = "datafree/synthesis/adadfkd.py"
@@ -52,30 +52,16 @@ DEFAULTS = {"adadfkd": [
 def build(problem: Problem, path) -> Sides:
     import datafree
     import datafree_kd
-    import registry
 
-    from benchmark.config import apply_overrides
-    from benchmark.registry import METHODS as REGISTRY
-    from benchmark.registry import load_plugins
-
-    load_plugins()
     b = problem.batch
     options = {"batch_size": b, "s_steps": KD_STEPS, "epoch_iterations": 1, "adv_step": SCRIPT["grad_adv"],
                **COMPAT.get("adadfkd", {})}
-    cls = REGISTRY.get("adadfkd")
-    cfg = apply_overrides(cls.Config(), options)
-    cfg.validate()
-    ours = problem.build_ours(cls, cfg)
+    ours, cfg = problem.build_ours("adadfkd", options)
     ours.generator.to(problem.dtype)
     ours.queue = ours.queue.to(problem.dtype)
 
     k = problem.spec.num_classes
-    teacher = registry.get_model(problem.teacher_arch, num_classes=k).to(problem.dtype).eval()
-    student = registry.get_model(problem.student_arch, num_classes=k).to(problem.dtype)
-    generator = datafree.models.generator.DCGAN_Generator_CIFAR10(
-        nz=SCRIPT["nz"], ngf=cfg.ngf, nc=3, img_size=32, d=SCRIPT["depth"], cond=False, type="normal")
-    generator = generator.to(problem.dtype)
-    normalizer = datafree.utils.Normalizer(**registry.NORMALIZE_DICT["cifar10"])
+    teacher, student, generator, normalizer = fork_models(problem, SCRIPT, cfg.ngf)
     synth = datafree.synthesis.AdaSynthesizer(
         teacher=teacher, student=student, G_list=[generator], nz=SCRIPT["nz"], num_classes=k, img_size=32,
         iterations=SCRIPT["g_steps"], lr_g=SCRIPT["lr_g"], synthesis_batch_size=b, sample_batch_size=b,

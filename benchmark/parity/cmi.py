@@ -77,19 +77,12 @@ def build(problem: Problem, path) -> Sides:
     from datafree.synthesis import contrastive as ref_module
     from datafree.utils import _utils as ref_utils
 
-    from benchmark.config import apply_overrides
-    from benchmark.registry import METHODS as REGISTRY
-
-    import methods  # noqa: F401
     import methods.cmi as ours_module
 
     b = problem.batch
     options = {"batch_size": b, "synthesis_batch_size": b, "g_steps": G_STEPS, "kd_steps": KD_STEPS,
                **(COMPAT["cmi"] if problem.compat else {})}
-    cls = REGISTRY.get("cmi")
-    cfg = apply_overrides(cls.Config(), options)
-    cfg.validate()
-    ours = problem.build_ours(cls, cfg)
+    ours, cfg = problem.build_ours("cmi", options)
     ours.generator.to(problem.dtype)
     if ours.head is not None:
         ours.head.to(problem.dtype)

@@ -84,21 +84,13 @@ def build(problem: Problem, path) -> Sides:
         import network
         from metric.DeepInversion import DeepInversionFeatureHook
 
-    from benchmark.config import apply_overrides
-    from benchmark.registry import METHODS as REGISTRY
-
-    import methods  # noqa: F401
-
     b, k = problem.batch, problem.spec.num_classes
     options = {"batch_size": b, "g_steps": G_STEPS, "s_steps": S_STEPS, "alpha": RECIPE["co_alpha"],
                "beta": RECIPE["co_beta"], "gamma": RECIPE["co_gamma"], "eta": RECIPE["co_eta"], "adv": 1.0,
                "temperature": RECIPE["temp"], "lr_g": RECIPE["lr_G"], "lr_s": RECIPE["lr_S"],
                "weight_decay": RECIPE["weight_decay"], "ikd_form": "log",
                **(COMPAT["cpsc-dfkd"] if problem.compat else {})}
-    cls = REGISTRY.get("cpsc-dfkd")
-    cfg = apply_overrides(cls.Config(), options)
-    cfg.validate()
-    ours = problem.build_ours(cls, cfg)
+    ours, cfg = problem.build_ours("cpsc-dfkd", options)
     ours.generator.to(problem.dtype)
     if ours.adapter is not None:
         from .core import ParityError

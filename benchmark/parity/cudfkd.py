@@ -51,31 +51,34 @@ def generator_name(key: str) -> str:
     return key
 
 
-def build(problem: Problem, path) -> Sides:
+def fork_models(problem: Problem, script: dict[str, Any], ngf: int):
+    """The ljrprocc forks' side of the models, built as their ``main_worker`` builds them for CIFAR-10: the
+    teacher and student from the fork's model zoo, the script's ``DCGAN_Generator_CIFAR10`` (nz, depth) and
+    the CIFAR-10 ``Normalizer``, in the problem's dtype. Their weights are copied from ours by the caller,
+    after the synthesizer's constructor (which re-initialises the generator)."""
     import datafree
-    import datafree_kd
     import registry
-
-    from benchmark.config import apply_overrides
-    from benchmark.registry import METHODS as REGISTRY
-    from benchmark.registry import load_plugins
-
-    load_plugins()
-    b = problem.batch
-    options = {"batch_size": b, "s_steps": KD_STEPS, "epoch_iterations": 1, **COMPAT.get("cudfkd", {})}
-    cls = REGISTRY.get("cudfkd")
-    cfg = apply_overrides(cls.Config(), options)
-    cfg.validate()
-    ours = problem.build_ours(cls, cfg)
-    ours.generator.to(problem.dtype)
 
     k = problem.spec.num_classes
     teacher = registry.get_model(problem.teacher_arch, num_classes=k).to(problem.dtype).eval()
     student = registry.get_model(problem.student_arch, num_classes=k).to(problem.dtype)
     generator = datafree.models.generator.DCGAN_Generator_CIFAR10(
-        nz=SCRIPT["nz"], ngf=cfg.ngf, nc=3, img_size=32, d=SCRIPT["depth"], cond=False, type="normal")
-    generator = generator.to(problem.dtype)
+        nz=script["nz"], ngf=ngf, nc=3, img_size=32, d=script["depth"], cond=False, type="normal")
     normalizer = datafree.utils.Normalizer(**registry.NORMALIZE_DICT["cifar10"])
+    return teacher, student, generator.to(problem.dtype), normalizer
+
+
+def build(problem: Problem, path) -> Sides:
+    import datafree
+    import datafree_kd
+
+    b = problem.batch
+    options = {"batch_size": b, "s_steps": KD_STEPS, "epoch_iterations": 1, **COMPAT.get("cudfkd", {})}
+    ours, cfg = problem.build_ours("cudfkd", options)
+    ours.generator.to(problem.dtype)
+
+    k = problem.spec.num_classes
+    teacher, student, generator, normalizer = fork_models(problem, SCRIPT, cfg.ngf)
     synth = datafree.synthesis.ProbSynthesizer(
         teacher=teacher, student=student, G_list=[generator], nz=SCRIPT["nz"], num_classes=k, img_size=32,
         iterations=[SCRIPT["g_steps"]], lr_g=SCRIPT["lr_g"], synthesis_batch_size=b, sample_batch_size=b,

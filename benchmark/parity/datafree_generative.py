@@ -48,18 +48,9 @@ def build(problem: Problem, path) -> Sides:
     import datafree_kd
     import registry
 
-    from benchmark.config import apply_overrides
-    from benchmark.registry import METHODS as REGISTRY
-    from benchmark.registry import load_plugins
-
-    load_plugins()
-
     name, flags = problem.method, SCRIPT[problem.method]
     options = {"batch_size": problem.batch, **(COMPAT.get(name, {}) if problem.compat else {})}
-    cls = REGISTRY.get(name)
-    cfg = apply_overrides(cls.Config(), options)
-    cfg.validate()
-    ours = problem.build_ours(cls, cfg)
+    ours, cfg = problem.build_ours(name, options)
     ours.generator.to(problem.dtype)
 
     k = problem.spec.num_classes

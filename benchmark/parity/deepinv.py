@@ -189,17 +189,9 @@ def build(problem: Problem, path) -> Sides:
     from datafree.synthesis import deepinversion as ref_module
     from datafree.utils import _utils as ref_utils
 
-    from benchmark.config import apply_overrides
-    from benchmark.registry import METHODS as REGISTRY
-
-    import methods  # noqa: F401
-
     b = problem.batch
     options = {"batch_size": b, "synthesis_batch_size": b, "g_steps": G_STEPS, "kd_steps": KD_STEPS}
-    cls = REGISTRY.get("deepinv")
-    cfg = apply_overrides(cls.Config(), options)
-    cfg.validate()
-    ours = problem.build_ours(cls, cfg)
+    ours, cfg = problem.build_ours("deepinv", options)
 
     k = problem.spec.num_classes
     teacher = registry.get_model(problem.teacher_arch, num_classes=k).to(problem.dtype).eval()

@@ -67,11 +67,6 @@ def build(problem: Problem, path) -> Sides:
     import registry
     from datafree.utils import _utils as ref_utils
 
-    from benchmark.config import apply_overrides
-    from benchmark.registry import METHODS as REGISTRY
-
-    import methods  # noqa: F401
-
     method, b = problem.method, problem.batch
     if problem.steps <= WARMUP:
         from benchmark.config import ConfigError
@@ -79,10 +74,7 @@ def build(problem: Problem, path) -> Sides:
     preset = PRESET[method]
     options = {"batch_size": b, "synthesis_batch_size": b, "kd_steps": KD_STEPS, "warmup": WARMUP,
                **(COMPAT[method] if problem.compat else {})}
-    cls = REGISTRY.get(method)
-    cfg = apply_overrides(cls.Config(), options)
-    cfg.validate()
-    ours = problem.build_ours(cls, cfg)
+    ours, cfg = problem.build_ours(method, options)
     ours.generator.to(problem.dtype)
     ours.fast_generator.to(problem.dtype)
 

@@ -108,11 +108,6 @@ def build(problem: Problem, path) -> Sides:
     import registry
     from datafree.utils import _utils as ref_utils
 
-    from benchmark.config import apply_overrides
-    from benchmark.registry import METHODS as REGISTRY
-    from benchmark.registry import load_plugins
-
-    load_plugins()
     b = problem.batch
     if problem.steps <= WARMUP:
         from benchmark.config import ConfigError
@@ -121,10 +116,7 @@ def build(problem: Problem, path) -> Sides:
     options = {"batch_size": b, "synthesis_batch_size": b, "g_steps": G_STEPS, "kd_steps": KD_STEPS,
                "warmup": WARMUP, "gwp_loops": GWP_LOOPS, "g_loops": G_LOOPS, "g_life": G_LIFE,
                "label_embedding": str(embedding), **(COMPAT["nayer"] if problem.compat else {})}
-    cls = REGISTRY.get("nayer")
-    cfg = apply_overrides(cls.Config(), options)
-    cfg.validate()
-    ours = problem.build_ours(cls, cfg)
+    ours, cfg = problem.build_ours("nayer", options)
     ours.generator.to(problem.dtype)
 
     k = problem.spec.num_classes

@@ -47,11 +47,19 @@ class Problem:
             p.requires_grad_(False)
         return self
 
-    def build_ours(self, cls, cfg):
-        """Our side of the comparison: ``cls`` with ``cfg`` on this problem's teacher and student, put
-        together as the runner does (:func:`benchmark.build.build_method`), in plain NCHW fp32/fp64."""
+    def build_ours(self, name: str, options: dict):
+        """Our side of the comparison: the registered method ``name`` with its config defaults overridden by
+        ``options`` (checked as the runner checks them), on this problem's teacher and student, put together
+        as the runner does (:func:`benchmark.build.build_method`), in plain NCHW fp32/fp64. Returns the
+        method and its config."""
         from benchmark.build import build_method
-        from benchmark.config import RunConfig
+        from benchmark.config import RunConfig, apply_overrides
+        from benchmark.registry import METHODS, load_plugins
 
-        return build_method(cls, self.teacher, self.student, self.spec, torch.device("cpu"), cfg,
+        load_plugins()
+        cls = METHODS.get(name)
+        cfg = apply_overrides(cls.Config(), options)
+        cfg.validate()
+        ours = build_method(cls, self.teacher, self.student, self.spec, torch.device("cpu"), cfg,
                             RunConfig(precision="fp32", channels_last=False), iterations=self.steps)
+        return ours, cfg
