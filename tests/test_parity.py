@@ -325,29 +325,32 @@ def test_floor_does_not_excuse_a_real_difference(toy_root):
     assert other.floor["params"]["model.weight"] < 1e-12 < other.params["model.weight"]["rel"]
 
 
+class LogisticState(nn.Module):
+    """The state of the logistic map (one frozen scalar parameter, started at 0.3)."""
+
+    def __init__(self, dtype=torch.float64):
+        super().__init__()
+        self.x = nn.Parameter(torch.tensor(0.3, dtype=dtype), requires_grad=False)
+
+
+def logistic_step(state: LogisticState, expanded: bool):
+    """One iteration of the logistic map at r = 3.9 in one of two mathematically equal orders."""
+    def iteration(i):
+        with torch.no_grad():
+            x = state.x
+            x.copy_(3.9 * x - 3.9 * x * x if expanded else 3.9 * x * (1 - x))
+        return [{"x": float(state.x)}]
+    return iteration
+
+
 def chaotic_adapter(dtype=torch.float64):
     """The logistic map at r = 3.9 computed in two mathematically equal orders: rounding differences grow
     until the two sequences are unrelated, as do two runs of the same order from slightly different starts."""
     mod = types.SimpleNamespace(REPO="toy/none", MARKER="none")
 
-    class State(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.x = nn.Parameter(torch.tensor(0.3, dtype=dtype), requires_grad=False)
-
     def build(problem, path):
-        ours, ref = State(), State()
-
-        def ours_iteration(i):
-            with torch.no_grad():
-                ours.x.copy_(3.9 * ours.x * (1 - ours.x))
-            return [{"x": float(ours.x)}]
-
-        def ref_iteration(i):
-            with torch.no_grad():
-                ref.x.copy_(3.9 * ref.x - 3.9 * ref.x * ref.x)
-            return [{"x": float(ref.x)}]
-
+        ours, ref = LogisticState(dtype), LogisticState(dtype)
+        ours_iteration, ref_iteration = logistic_step(ours, expanded=False), logistic_step(ref, expanded=True)
         return Sides(ours_iteration, ref_iteration, {"state": (ours, ref)}, options={}, reference={"repo": mod.REPO})
 
     mod.build = build
@@ -367,26 +370,18 @@ def reinitialising_adapter(hook: bool):
     perturbs the re-initialised value too."""
     mod = types.SimpleNamespace(REPO="toy/none", MARKER="none")
 
-    class State(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.x = nn.Parameter(torch.tensor(0.3, dtype=torch.float64), requires_grad=False)
-
     def build(problem, path):
-        ours, ref = State(), State()
+        ours, ref = LogisticState(), LogisticState()
         scale = {"value": 1.0}
+        step = logistic_step(ours, expanded=False)
 
         def ours_iteration(i):
-            with torch.no_grad():
-                if i == 0:
+            if i == 0:
+                with torch.no_grad():
                     ours.x.fill_(0.3 * scale["value"])
-                ours.x.copy_(3.9 * ours.x * (1 - ours.x))
-            return [{"x": float(ours.x)}]
+            return step(i)
 
-        def ref_iteration(i):
-            with torch.no_grad():
-                ref.x.copy_(3.9 * ref.x - 3.9 * ref.x * ref.x)
-            return [{"x": float(ref.x)}]
+        ref_iteration = logistic_step(ref, expanded=True)
 
         perturb = (lambda eps: scale.__setitem__("value", 1 + eps)) if hook else None
         return Sides(ours_iteration, ref_iteration, {"state": (ours, ref)}, options={},
