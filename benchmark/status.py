@@ -122,7 +122,8 @@ def _expand_ids(job_id: str) -> list[str]:
 def slurm_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     """Scheduler state of each job (``'123'`` or array task ``'123_4'``); ``None`` when SLURM cannot be asked.
 
-    ``sacct`` (what submitit reads) knows finished jobs; ``squeue`` is the authority on live ones.
+    ``sacct`` (what submitit reads) knows finished jobs; ``squeue`` is the authority on live ones; a job that has
+    just ended can be in neither (the accounting database lags), so ``scontrol`` is asked for those.
     """
     job_ids = sorted(set(job_ids))
     if not job_ids:
@@ -146,8 +147,29 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, str] | None:
             jid, _, state = line.partition("|")
             for one in _expand_ids(jid.strip()):
                 states[one] = state.strip()
+    missing = sorted({j.split("_")[0] for j in job_ids if j not in states})
+    for root in missing:   # ended, but not yet in the accounting database (slurmdbd lags): slurmctld knows it
+        out = _run(["scontrol", "show", "job", "-o", root])     # (one id per call; fails once the job is purged)
+        if out is not None:
+            asked = True
+            states.update({k: v for k, v in _scontrol_states(out).items() if k not in states})
     if not asked:
         return None
+    return states
+
+
+def _scontrol_states(text: str) -> dict[str, str]:
+    """``scontrol show job -o`` lines -> ``{'123': 'FAILED', '124_0': ...}`` (array tasks by their array id)."""
+    states = {}
+    for line in text.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if "JobId" not in fields or "JobState" not in fields:
+            continue
+        task = fields.get("ArrayTaskId")
+        if fields.get("ArrayJobId") and task and task.isdigit():
+            states[f"{fields['ArrayJobId']}_{task}"] = fields["JobState"]
+        else:
+            states[fields["JobId"]] = fields["JobState"]
     return states
 
 

@@ -235,6 +235,29 @@ def test_status_reports_each_state(tmp_path, capsys):
     assert code == 2 and "error:" in err
 
 
+def test_a_job_that_accounting_does_not_know_yet_is_asked_of_slurmctld(monkeypatch):
+    """A job that has just ended is in neither sacct (slurmdbd lags) nor squeue; scontrol still knows it."""
+    asked = []
+    scontrol = {
+        "41": "JobId=41 JobName=x UserId=root(0) JobState=FAILED Reason=NonZeroExitCode ExitCode=1:0\n",
+        "50": ("JobId=51 ArrayJobId=50 ArrayTaskId=1 JobName=x JobState=COMPLETED Reason=None\n"
+               "JobId=50 ArrayJobId=50 ArrayTaskId=0 JobName=x JobState=FAILED Reason=NonZeroExitCode\n"),
+    }
+
+    def fake_run(cmd):
+        asked.append(cmd)
+        if cmd[0] == "sacct":
+            return "40|COMPLETED\n"
+        if cmd[0] == "squeue":
+            return ""
+        return scontrol.get(cmd[-1])     # None: an unknown (purged) id, as scontrol fails on it
+
+    monkeypatch.setattr(status, "_run", fake_run)
+    got = status.slurm_states(["40", "41", "50_0", "50_1", "60"])
+    assert got == {"40": "COMPLETED", "41": "FAILED", "50_0": "FAILED", "50_1": "COMPLETED"}
+    assert [c[-1] for c in asked if c[0] == "scontrol"] == ["41", "50", "60"]    # only those sacct/squeue lack
+
+
 # ---- interrupt and resume ---------------------------------------------------------------------------------
 
 def test_killed_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, teachers):
