@@ -160,3 +160,15 @@ def test_paper_presets_follow_the_scripts():
     assert r.run_cfg.iterations == 400 * 40 and (c.loss, c.T, c.n_neg, c.lambda_growth) == ("l1", 5, 12288, 2e-5)
     r = resolve_cell(Cell("adadfkd", "cifar100", "wrn40_2", "wrn16_2", budget="paper"))
     assert r.run_cfg.iterations == 500 * 40 and r.method_cfg.s_nce == 0.15 and r.method_cfg.adv_end == 0.79
+
+
+@pytest.mark.skipif("cifar10" not in DATASETS.list(), reason="CIFAR-10 not registered")
+def test_digits_default_threshold_ends_where_the_released_run_ends():
+    """The digits run is 1/60 of the released CIFAR-10 run; its self-paced threshold still spans the same range."""
+    def end_threshold(cell):
+        r = resolve_cell(cell)
+        return r.method_cfg.lambda_0 + r.method_cfg.lambda_growth * r.run_cfg.iterations * r.method_cfg.s_steps
+
+    paper = end_threshold(Cell("adadfkd", "cifar10", "resnet34", "resnet18", budget="paper"))
+    digits = end_threshold(Cell("adadfkd", "digits", "cnn_wide", "cnn_narrow", budget="default"))
+    assert paper == pytest.approx(14.2) and digits == pytest.approx(paper)
