@@ -57,6 +57,10 @@ Deviations from the released code:
   augmentation (``flip="auto"``: none for digits).
 - The released YAMLs cover CIFAR-10/100 resnet34 -> resnet18 only; the paper budget runs the other standard
   pairs with the same settings.
+- Compatibility option ``kornia_augment`` (default off): both views -- the synthesis view and the student's
+  view of the rendered batch -- through kornia's ``RandomCrop(size, padding=4)`` + ``RandomHorizontalFlip()``
+  as released (``self.aug``; needs kornia; always flips with p 0.5, pads by the synthesis view's padding for
+  both); off: the on-device re-implementation above. The parity driver uses it (docs/fidelity.md).
 - Work counted: every generator step and every student batch rendered from features counts as
   ``synthetic_images``; the teacher's passes for the KD and GradCAM terms as ``teacher_forwards``.
 
@@ -83,7 +87,7 @@ from benchmark.models.vgg import VGG
 from benchmark.models.wrn import WideResNet
 
 from ._common import balanced_labels, register_method
-from ._inversion import ImagePool, LowestLoss, PoolConfig, PoolDistillation, random_crop_flip
+from ._inversion import ImagePool, LowestLoss, PoolConfig, PoolDistillation, kornia_crop_flip, random_crop_flip
 
 
 @ranges(alpha=NONNEG, kl_reduction=choice("mean", "batchmean"), cls=NONNEG, bn=NONNEG, first_bn_multiplier=NONNEG,
@@ -108,6 +112,9 @@ class SpaceshipNetConfig(PoolConfig):
     conv_idx: str = "0,1,2"           # generator levels the student batches are rendered from
     nz: int = 256
     ngf: int = 64
+    # compatibility (default off): both views through kornia's RandomCrop + RandomHorizontalFlip as released
+    # (needs kornia; always flips); off: the on-device re-implementation
+    kornia_augment: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -314,6 +321,8 @@ class SpaceshipNet(PoolDistillation):
         if cfg.first_bn_multiplier != 1.0:
             self.bn_scale = torch.ones(len(self.bn_prior.layers), device=self.device)
             self.bn_scale[0] = cfg.first_bn_multiplier
+        # the released self.aug (kornia, both views) when kornia_augment is on
+        self.kornia_view = kornia_crop_flip(self.image_shape, self.pad) if cfg.kornia_augment else None
         self.t_sites = ActivationSites(self.teacher)
         self.s_sites = ActivationSites(self.student)
         self.stage_pairs = pair_stages(self.t_sites, self.s_sites, self.teacher, self.student, self.image_shape,
@@ -326,7 +335,8 @@ class SpaceshipNet(PoolDistillation):
     # ---- synthesis -------------------------------------------------------------------------------------
     def synthesis_losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.cfg
-        x = self._model_input(self.normalizer(random_crop_flip(images, self.pad, self.flip)))
+        view = self.kornia_view(images) if self.kornia_view is not None else random_crop_flip(images, self.pad, self.flip)
+        x = self._model_input(self.normalizer(view))
         with self.ctx.autocast():
             with self.bn_prior.recording():
                 t_out = self.teacher_forward(x)
@@ -368,6 +378,8 @@ class SpaceshipNet(PoolDistillation):
         self.generator.eval()
         images = self.generator.render(feats, level)
         self.counters["synthetic_images"] += images.shape[0]
+        if self.kornia_view is not None:
+            return self.normalizer(self.kornia_view(images)), level
         return self.normalizer(random_crop_flip(images, self.student_pad, self.student_flip)), level
 
     def student_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
