@@ -64,6 +64,10 @@ Deviations from the released code:
 - Work counted: every generator step and every student batch rendered from features counts as
   ``synthetic_images``; the teacher's passes for the KD and GradCAM terms as ``teacher_forwards``.
 
+Parity (docs/fidelity.md, ``python -m benchmark parity spaceshipnet``): against the released V37 model and
+epoch loop at skgyu/SpaceshipNet 30a76b0 with ``kornia_augment``, K=5 epochs, fp64, resnet18 -> resnet18: every
+loss term and parameter group equal (max rel 3e-8). With the defaults only the views differ (the option above).
+
 ``paper:mnist``: no MNIST recipe is published (the SpaceshipNet repository (github.com/skgyu/SpaceshipNet,
 commit 30a76b0) has no MNIST setting), so the MNIST paper budget is this method's ``paper:cifar10`` recipe
 unchanged (DAFL's MNIST table, ``dafl-mnist``, needs a budget for every method).
