@@ -57,8 +57,16 @@ Deviations from the released code:
   augmentation (``flip="auto"``: none for digits).
 - The released YAMLs cover CIFAR-10/100 resnet34 -> resnet18 only; the paper budget runs the other standard
   pairs with the same settings.
+- Compatibility option ``kornia_augment`` (default off): both views -- the synthesis view and the student's
+  view of the rendered batch -- through kornia's ``RandomCrop(size, padding=4)`` + ``RandomHorizontalFlip()``
+  as released (``self.aug``; needs kornia; always flips with p 0.5, pads by the synthesis view's padding for
+  both); off: the on-device re-implementation above. The parity driver uses it (docs/fidelity.md).
 - Work counted: every generator step and every student batch rendered from features counts as
   ``synthetic_images``; the teacher's passes for the KD and GradCAM terms as ``teacher_forwards``.
+
+Parity (docs/fidelity.md, ``python -m benchmark parity spaceshipnet``): against the released V37 model and
+epoch loop at skgyu/SpaceshipNet 30a76b0 with ``kornia_augment``, K=5 epochs, fp64, resnet18 -> resnet18: every
+loss term and parameter group equal (max rel 3e-8). With the defaults only the views differ (the option above).
 
 ``paper:mnist``: no MNIST recipe is published (the SpaceshipNet repository (github.com/skgyu/SpaceshipNet,
 commit 30a76b0) has no MNIST setting), so the MNIST paper budget is this method's ``paper:cifar10`` recipe
@@ -83,7 +91,7 @@ from benchmark.models.vgg import VGG
 from benchmark.models.wrn import WideResNet
 
 from ._common import balanced_labels, register_method
-from ._inversion import ImagePool, LowestLoss, PoolConfig, PoolDistillation, random_crop_flip
+from ._inversion import ImagePool, LowestLoss, PoolConfig, PoolDistillation, kornia_crop_flip, random_crop_flip
 
 
 @ranges(alpha=NONNEG, kl_reduction=choice("mean", "batchmean"), cls=NONNEG, bn=NONNEG, first_bn_multiplier=NONNEG,
@@ -108,6 +116,9 @@ class SpaceshipNetConfig(PoolConfig):
     conv_idx: str = "0,1,2"           # generator levels the student batches are rendered from
     nz: int = 256
     ngf: int = 64
+    # compatibility (default off): both views through kornia's RandomCrop + RandomHorizontalFlip as released
+    # (needs kornia; always flips); off: the on-device re-implementation
+    kornia_augment: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -314,6 +325,8 @@ class SpaceshipNet(PoolDistillation):
         if cfg.first_bn_multiplier != 1.0:
             self.bn_scale = torch.ones(len(self.bn_prior.layers), device=self.device)
             self.bn_scale[0] = cfg.first_bn_multiplier
+        # the released self.aug (kornia, both views) when kornia_augment is on
+        self.kornia_view = kornia_crop_flip(self.image_shape, self.pad) if cfg.kornia_augment else None
         self.t_sites = ActivationSites(self.teacher)
         self.s_sites = ActivationSites(self.student)
         self.stage_pairs = pair_stages(self.t_sites, self.s_sites, self.teacher, self.student, self.image_shape,
@@ -326,7 +339,8 @@ class SpaceshipNet(PoolDistillation):
     # ---- synthesis -------------------------------------------------------------------------------------
     def synthesis_losses(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.cfg
-        x = self._model_input(self.normalizer(random_crop_flip(images, self.pad, self.flip)))
+        view = self.kornia_view(images) if self.kornia_view is not None else random_crop_flip(images, self.pad, self.flip)
+        x = self._model_input(self.normalizer(view))
         with self.ctx.autocast():
             with self.bn_prior.recording():
                 t_out = self.teacher_forward(x)
@@ -368,6 +382,8 @@ class SpaceshipNet(PoolDistillation):
         self.generator.eval()
         images = self.generator.render(feats, level)
         self.counters["synthetic_images"] += images.shape[0]
+        if self.kornia_view is not None:
+            return self.normalizer(self.kornia_view(images)), level
         return self.normalizer(random_crop_flip(images, self.student_pad, self.student_flip)), level
 
     def student_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

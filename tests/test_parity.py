@@ -463,3 +463,38 @@ def test_every_data_free_method_is_compared_or_says_why_not():
     assert data_free <= set(ADAPTERS) | set(NOT_COMPARED), data_free - set(ADAPTERS) - set(NOT_COMPARED)
     assert not set(ADAPTERS) & set(NOT_COMPARED) and all(NOT_COMPARED.values())
     assert {"cudfkd", "adadfkd"} <= set(ADAPTERS)
+
+
+def test_spaceshipnet_generator_names_follow_the_released_cmi_generator_v3():
+    """Our split generator's keys map one to one onto ``CMIGeneratorV3``'s (``l1.0``, ``layer1``,
+    ``conv_layer1.{0,1}``, ``conv_layer2.{0,1}``, ``conv_layer3.0``)."""
+    from benchmark.parity import spaceshipnet
+    from methods.spaceshipnet import SplitGenerator
+
+    keys = [spaceshipnet.generator_name(k) for k in SplitGenerator((3, 32, 32), 256, 8).state_dict()]
+    assert len(set(keys)) == len(keys)
+    assert {"l1.0.weight", "l1.0.bias", "layer1.weight", "layer1.running_var", "conv_layer1.0.weight",
+            "conv_layer1.1.running_mean", "conv_layer2.0.weight", "conv_layer2.1.bias", "conv_layer3.0.weight",
+            "conv_layer3.0.bias"} <= set(keys)
+    assert all(k.split(".")[0] in ("l1", "layer1", "conv_layer1", "conv_layer2", "conv_layer3") for k in keys)
+
+
+def test_spaceshipnet_numpy_draws_return_ours():
+    """The released channel exchange (per sample ``np.random.choice(C, C // 2)`` kept channels, the others from
+    the mirror sample) fed by our draws gives our ``channel_exchange``; the level and the coin are ours too."""
+    from benchmark.parity.spaceshipnet import _TapeRandom
+    from methods.spaceshipnet import channel_exchange
+
+    feats = torch.randn(6, 8, 2, 2)
+    tape = Tape()
+    with tape.recording():
+        level = int(torch.randint(3, ()))
+        coin = float(torch.rand(()))
+        ours = channel_exchange(feats)
+    draws = _TapeRandom(tape)
+    assert int(draws.choice([0, 1, 2], 1)[0]) == level and draws.rand() == coin
+    released = feats.clone()
+    for i in range(6):
+        mask = torch.zeros(8).scatter_(0, torch.as_tensor(draws.choice(8, 4, replace=False)), 1).view(8, 1, 1)
+        released[i] = feats[i] * mask + feats[5 - i] * (1 - mask)
+    assert torch.equal(released, ours) and not tape.unused()

@@ -155,3 +155,30 @@ def test_feature_pools_are_part_of_the_checkpoint():
     fresh.load_state_dict(copy.deepcopy(m.state_dict()))
     for a, b in zip(m.feature_pools, fresh.feature_pools):
         assert len(a) == len(b) == 16 and torch.equal(a.images[:16], b.images[:16])
+
+
+def test_kornia_augment_sends_both_views_through_one_released_aug(monkeypatch):
+    """Compatibility option ``kornia_augment`` (default off): the synthesis view and the student's view of the
+    rendered batch both go through one kornia crop + flip module (the released ``self.aug``, padded as the
+    synthesis view). Kornia is stood in for by a recording module, so the wiring is tested without it."""
+    import methods.spaceshipnet as ssn
+
+    made, views = [], []
+
+    class Recording(torch.nn.Module):
+        def forward(self, x):
+            views.append(tuple(x.shape))
+            return x.flip(-1)
+
+    def fake_kornia(image_shape, pad):
+        made.append((tuple(image_shape), pad))
+        return Recording()
+
+    monkeypatch.setattr(ssn, "kornia_crop_flip", fake_kornia)
+    plain = _method()
+    assert plain.kornia_view is None and not made                  # default: the on-device views
+    m = _method(kornia_augment=True)
+    assert made == [(tuple(SPEC.image_shape), m.pad)] and isinstance(m.kornia_view, Recording)
+    m.train_iteration(0)
+    # g_steps = 2 synthesis views of the synthesis batch, then kd_steps = 2 student views of a full batch
+    assert views == [(16, *SPEC.image_shape)] * 4
