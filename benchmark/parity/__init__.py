@@ -31,13 +31,13 @@ ADAPTERS: dict[str, str] = {
     "cudfkd": "cudfkd",
     "adadfkd": "adadfkd",
     "nayer": "nayer",
+    "pre-dfkd": "pre_dfkd",
 }
 
 # registered data-free methods whose authors' code is public but which this driver does not compare yet, and why
 NOT_COMPARED: dict[str, str] = {
     "spaceshipnet": "the authors' own trainer (skgyu/SpaceshipNet, YAML-configured, not a DataFree-library fork): "
                     "no adapter yet",
-    "pre-dfkd": "the authors' own code (kuluhan/PRE-DFKD, not a DataFree-library fork): no adapter yet",
 }
 
 
