@@ -17,7 +17,7 @@ Models: the problem's pair. ``networks/resnet.py`` holds no wide ResNet, so for 
 both sides run our models (state dicts copied), the released side's teacher behind :class:`OutFeature`, which
 gives it the released ``teacher(x, out_feature=True)`` interface (``features[-1]``, the only one read, is
 the pooled penultimate feature vector, as in ``networks/resnet.py``). With ``--pair resnet34:resnet18``
-(main.py's recipe; 5-10x the CPU time in float64) the released side builds ``networks.resnet.ResNet34`` for
+(main.py's recipe; about 1.7x the CPU time per iteration) the released side builds ``networks.resnet.ResNet34`` for
 the teacher (main.py ``torch.load``-s a pickled one) and ``utils.model_utils.init_model`` for the student;
 their parameter names equal ours.
 
