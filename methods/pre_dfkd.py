@@ -37,10 +37,14 @@ Deviations from the released code:
   (gradients that are cleared before use); here novel batches for the student are drawn without a graph.
   The student's parameters get no gradient from the generator step (released: computed, then cleared).
 - The student's cosine schedule runs over this run's iterations, stepped per iteration (released: per
-  epoch, ``T_max`` 400). ``paper:mnist`` is ``main.py --dataset MNIST`` with its other defaults (no MNIST
+  epoch of 36 iterations, ``T_max`` 400 epochs; compatibility option ``epoch_iterations`` N > 0: stepped
+  once every N iterations with ``T_max`` ``cosine_epochs`` epochs, the periodic ``CosineAnnealingLR``, as
+  released with N = 36 and 400). ``paper:mnist`` is ``main.py --dataset MNIST`` with its other defaults (no MNIST
   command or result is published): the student on Adam at ``lr_S`` 0.1 (``optimizer_s=adam``), as that branch.
 - The BatchNorm layers keep the released ``eps=0.8`` (``nn.BatchNorm2d(c, 0.8)`` in the generators and the
   encoder); the encoder L2-normalises its input along the image height (``F.normalize(dim=2)``), as released.
+- The information-entropy term clamps the batch-mean teacher probabilities at 1e-12 before the log10
+  (released: none; equal unless a class's mean probability falls below 1e-12).
 - ``synthetic_images`` counts every image the two generators render for training (novel batches, replay
   batches, the VAE's replay and reconstructions); ``teacher_forwards`` every teacher pass.
 - Budgets: the only released recipe is ``main.py``'s defaults (CIFAR-100 resnet34 -> resnet18: batch 1024,
@@ -51,6 +55,7 @@ Deviations from the released code:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +71,8 @@ from ._common import no_param_grad, register_method, warmup_cosine
 
 @ranges(batch_size=POS_COUNT, replay_divisor=POS_COUNT, nz=POS_COUNT, ngf=POS_COUNT, g_steps=COUNT, s_steps=POS_COUNT,
         mem_steps=COUNT, lr_g=POSITIVE, vae_lr_divisor=POSITIVE, lr_s=POSITIVE, momentum=BETA, weight_decay=NONNEG,
-        oh=NONNEG, ie=NONNEG, a=NONNEG, adv=NONNEG, kld=NONNEG, optimizer_s=choice("sgd", "adam"))
+        oh=NONNEG, ie=NONNEG, a=NONNEG, adv=NONNEG, kld=NONNEG, optimizer_s=choice("sgd", "adam"),
+        epoch_iterations=COUNT, cosine_epochs=POS_COUNT)
 @dataclass
 class PREDFKDConfig:
     """Defaults: the released ``main.py`` (CIFAR-100, resnet34 -> resnet18)."""
@@ -90,6 +96,10 @@ class PREDFKDConfig:
     adv: float = 1.0                 # weight of (1 - JS); 1 in the released code
     kld: float = 1e-5                # the VAE's KL weight
     replay: bool = True              # False: no memory generator (the novel generator alone)
+    # compatibility (default off): the student's cosine stepped once per epoch of this many iterations (main.py:
+    # 36) with T_max cosine_epochs epochs (main.py: 400), as released; 0: per iteration over the run
+    epoch_iterations: int = 0
+    cosine_epochs: int = 400
 
     def validate(self) -> None:
         """What the declared ranges cannot say (benchmark.checks checks those first)."""
@@ -191,6 +201,17 @@ def adam_first_step(z: torch.Tensor, grad: torch.Tensor, lr: float, eps: float =
     return z - lr * grad / (grad.abs() + eps)
 
 
+def epoch_cosine(optimizer: torch.optim.Optimizer, epoch_iterations: int, t_max: int):
+    """The released student schedule (compatibility): ``CosineAnnealingLR(T_max=t_max)`` stepped once per epoch
+    of ``epoch_iterations`` iterations, in closed form (periodic past ``t_max``, as torch's), for a scheduler
+    stepped once per iteration."""
+
+    def factor(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * (step // epoch_iterations) / t_max))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 @register_method("pre-dfkd")
 class PREDFKD(DFKDMethod):
     Config = PREDFKDConfig
@@ -229,7 +250,11 @@ class PREDFKD(DFKDMethod):
             opt_s = torch.optim.SGD(self.student.parameters(), lr=cfg.lr_s, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
         self.opt_s = self.track("opt_s", opt_s)
-        self.sched_s = self.track("sched_s", warmup_cosine(self.opt_s, ctx.iterations))
+        if cfg.epoch_iterations:
+            sched_s = epoch_cosine(self.opt_s, cfg.epoch_iterations, cfg.cosine_epochs)
+        else:
+            sched_s = warmup_cosine(self.opt_s, ctx.iterations)
+        self.sched_s = self.track("sched_s", sched_s)
 
     # ---- pieces ----------------------------------------------------------------------------------------
     def render(self, generator: nn.Module, z: torch.Tensor) -> torch.Tensor:

@@ -498,3 +498,46 @@ def test_spaceshipnet_numpy_draws_return_ours():
         mask = torch.zeros(8).scatter_(0, torch.as_tensor(draws.choice(8, 4, replace=False)), 1).view(8, 1, 1)
         released[i] = feats[i] * mask + feats[5 - i] * (1 - mask)
     assert torch.equal(released, ours) and not tape.unused()
+
+
+def test_pre_dfkd_names_and_shims(tmp_path, monkeypatch):
+    """The pre-dfkd adapter's own mechanics: our generators' and encoder's keys map one to one onto the released
+    ``Generator`` / ``MemoryGenerator`` / ``Encoder`` layout, the replay batch never drops below 2, the teacher
+    wrapper gives the released ``out_feature`` interface, ``device='cuda'`` is dropped from ``torch.randn`` and
+    the checkout's namespace packages are forgotten."""
+    from benchmark.models import create_model
+    from benchmark.parity import pre_dfkd
+    from methods.pre_dfkd import PREEncoder, PREGenerator
+
+    for spectral in (True, False):
+        keys = [pre_dfkd.generator_name(k) for k in PREGenerator((3, 32, 32), 12, 8, spectral).state_dict()]
+        assert len(set(keys)) == len(keys) and all(k.startswith(("l1.0.", "conv_blocks")) for k in keys)
+        assert {"l1.0.bias", "conv_blocks0.0.running_var", "conv_blocks1.1.weight", "conv_blocks2.1.running_mean",
+                "conv_blocks3.2.running_var"} <= set(keys)
+        assert ("conv_blocks1.0.weight_u" in keys) == spectral
+    keys = [pre_dfkd.generator_name(k) for k in PREEncoder((3, 32, 32), 12, 8).state_dict()]
+    assert {"conv_blocks0.0.weight", "conv_blocks1.1.running_var", "conv_blocks2.1.bias", "fc_mu.weight",
+            "fc_var.bias"} <= set(keys) and len(set(keys)) == len(keys)
+    assert all(b // pre_dfkd.replay_divisor(b) >= 2 for b in range(4, 65))
+    assert [pre_dfkd.replay_divisor(b) for b in (8, 15, 16, 1024)] == [4, 7, 8, 8]
+
+    model = create_model("wrn16_1", 10, (3, 32, 32)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    wrapped = pre_dfkd.OutFeature(model)
+    logits, features = wrapped(x, out_feature=True)
+    ref_logits, ref_feature = model(x, return_features=True)
+    assert torch.equal(logits, ref_logits) and torch.equal(features[-1], ref_feature)
+    assert torch.equal(wrapped(x), ref_logits)
+
+    with pre_dfkd._randn_on_cpu():
+        z = torch.randn((2, 3), requires_grad=True, device="cuda")
+    assert z.device.type == "cpu" and z.requires_grad and torch.randn.__module__ == "torch"
+
+    (tmp_path / "nspkg").mkdir()
+    (tmp_path / "nspkg" / "leaf.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import nspkg.leaf  # noqa: F401
+    assert "nspkg" in sys.modules
+    pre_dfkd._forget_namespace_packages(tmp_path)
+    assert "nspkg" not in sys.modules
+    sys.modules.pop("nspkg.leaf", None)

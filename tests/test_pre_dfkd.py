@@ -169,3 +169,36 @@ def test_one_iteration_counts_its_work():
     assert m.counters["teacher_forwards"] == 16 + 3 * 20 + 2 * 16
     assert m.counters["student_steps"] == 3
     assert "vae_latent" in m.train_iteration(1)
+
+
+def _lrs(method, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        out.append(method.opt_s.param_groups[0]["lr"])
+        method.opt_s.step()                  # no gradients: only keeps the scheduler from warning
+        method.sched_s.step()
+    return out
+
+
+def test_student_cosine_per_iteration_by_default_per_epoch_as_released_with_epoch_iterations():
+    import math
+
+    default = _method(iterations=10)
+    assert default.cfg.epoch_iterations == 0
+    assert _lrs(default, 10) == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)])
+    # compatibility: CosineAnnealingLR(T_max=cosine_epochs) stepped once per epoch of epoch_iterations iterations,
+    # as main.py steps it, also past T_max (periodic); independent of the run's length
+    released = _method(iterations=10, epoch_iterations=3, cosine_epochs=2)
+    w = nn.Parameter(torch.zeros(1))
+    twin = torch.optim.SGD([w], lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(twin, T_max=2)
+    expected = []
+    for k in range(16):
+        expected.append(twin.param_groups[0]["lr"])
+        if k % 3 == 2:
+            twin.step()
+            sched.step()
+    got = _lrs(released, 16)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got[:3] == [0.1] * 3 and got[3] == pytest.approx(0.05) and got[6] == pytest.approx(0.0, abs=1e-12)
+    assert got[9] == pytest.approx(0.05)

@@ -32,11 +32,11 @@ ADAPTERS: dict[str, str] = {
     "adadfkd": "adadfkd",
     "nayer": "nayer",
     "spaceshipnet": "spaceshipnet",
+    "pre-dfkd": "pre_dfkd",
 }
 
 # registered data-free methods whose authors' code is public but which this driver does not compare yet, and why
 NOT_COMPARED: dict[str, str] = {
-    "pre-dfkd": "the authors' own code (kuluhan/PRE-DFKD, not a DataFree-library fork): no adapter yet",
 }
 
 

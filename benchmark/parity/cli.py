@@ -22,10 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "list of them, or 'all'")
     p.add_argument("--reference", type=Path, default=None,
                    help="a checkout of the authors' code, or a folder holding checkouts named NAME or OWNER+NAME "
-                        "(CMI, Fast-Datafree, CPSC-DFKD, DataFree, DFKD, NAYER)")
+                        "(CMI, Fast-Datafree, CPSC-DFKD, DataFree, DFKD, NAYER, SpaceshipNet, PRE-DFKD)")
     p.add_argument("--steps", type=int, default=5, help="iterations K (default 5)")
     p.add_argument("--pair", default=None, help=f"teacher:student (default {DEFAULT_PAIR}; cpsc-dfkd: wrn40_2:wrn16_2, "
-                                                "see its adapter)")
+                                                "spaceshipnet: resnet18:resnet18, see the adapters)")
     p.add_argument("--batch", type=int, default=16, help="student and synthesis batch (default 16)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
     p.add_argument("--seed", type=int, default=0)
