@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .capture import locals_at_step, returns_of
-from .core import Problem, Sides, copy_state
+from .core import Problem, Sides, StateView, copy_state
 from .cudfkd import fork_models, generator_name
 
 REPO = "ljrprocc/DFKD"
@@ -132,17 +132,10 @@ def build(problem: Problem, path) -> Sides:
         scheduler.step()
         return rows
 
-    class _Queue:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def state_dict(self):
-            return {"negatives": self.fn()}
-
     return Sides(
         ours_iteration=ours_iteration, ref_iteration=ref_iteration,
         modules={"student": (ours.student, student), "generator": (ours.generator, generator, generator_name),
-                 "queue": (_Queue(lambda: ours.queue), _Queue(lambda: synth.neg_bank.queue))},
+                 "queue": (StateView(lambda: ours.queue, "negatives"), StateView(lambda: synth.neg_bank.queue, "negatives"))},
         options=options,
         reference={"repo": REPO, "entry": "datafree.synthesis.AdaSynthesizer + datafree_kd.train (adadfkd)",
                    "flags": {**SCRIPT, "kd_steps": KD_STEPS, "ep_steps": KD_STEPS, "epochs": problem.steps,

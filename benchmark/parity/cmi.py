@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .capture import locals_at_each_step, locals_at_step, pool_iteration_terms
-from .core import Problem, Sides, Tape, copy_state
+from .core import Problem, Sides, StateView, Tape, copy_state
 from .deepinv import _cifar_transform, _pool_states, _prepare_draws, _released_pool_round
 
 REPO = "zju-vipa/Fast-Datafree"
@@ -153,20 +153,13 @@ def build(problem: Problem, path) -> Sides:
             ref_module.reset_model = saved_reset
         return rows
 
-    class _Bank:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def state_dict(self):
-            return {"features": self.fn()}
-
     n_bank = lambda: ours.bank.updates                         # noqa: E731
     return Sides(
         ours_iteration=ours_iteration, ref_iteration=ref_iteration,
         modules={"student": (ours.student, student), "generator": (ours.generator, generator),
                  "head": (ours.head, synth.head), "pool": _pool_states(ours, pool_dir, ref_utils),
-                 "bank": (_Bank(lambda: ours.bank.data[:n_bank()].double()),
-                          _Bank(lambda: synth.mem_bank.data[:n_bank()].double()))},
+                 "bank": (StateView(lambda: ours.bank.data[:n_bank()].double(), "features"),
+                          StateView(lambda: synth.mem_bank.data[:n_bank()].double(), "features"))},
         options=options,
         reference={"repo": REPO, "entry": "datafree.synthesis.CMISynthesizer + datafree_kd.train",
                    "flags": {**SCRIPT, "g_steps": G_STEPS, "kd_steps": KD_STEPS, "ep_steps": KD_STEPS,

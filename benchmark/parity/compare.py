@@ -14,6 +14,19 @@ TOLERANCE = 1e-4      # the target: relative difference on every loss term and p
 ABS_FLOOR = 1e-9      # below this absolute difference a value counts as equal (terms that are exactly 0)
 
 
+class StateView:
+    """Comparable state that is not a module (a queue, a bank, a pool, a generator the reference replaces):
+    ``state_dict()`` calls ``fn`` when the comparison runs and returns ``{name: fn()}``, or ``fn()`` itself when
+    no name is given."""
+
+    def __init__(self, fn: Callable[[], object], name: str | None = None):
+        self.fn, self.name = fn, name
+
+    def state_dict(self) -> dict:
+        value = self.fn()
+        return value if self.name is None else {self.name: value}
+
+
 def copy_state(source: nn.Module, target: nn.Module, rename: Callable[[str], str] = lambda k: k) -> None:
     """Load ``source``'s state dict into ``target`` (names mapped by ``rename``), requiring the same keys and
     shapes on both sides; values keep ``target``'s dtype."""

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from .capture import caller_locals, locals_at_step, returns_of  # noqa: F401  (re-exported)
-from .compare import (ABS_FLOOR, TOLERANCE, Diff, compare_states, copy_state, group_of,  # noqa: F401
+from .compare import (ABS_FLOOR, TOLERANCE, Diff, StateView, compare_states, copy_state, group_of,  # noqa: F401
                       tensor_diff, value_diff)
 from .output import table, write_json  # noqa: F401
 from .problem import ParityError, Problem  # noqa: F401

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 
 from .capture import locals_at_each_step, locals_at_step, pool_iteration_terms
-from .core import Problem, Sides, Tape, copy_state
+from .core import Problem, Sides, StateView, Tape, copy_state
 
 REPO = "zju-vipa/Fast-Datafree"
 MARKER = "datafree/synthesis/fast_meta.py"
@@ -159,18 +159,9 @@ def _released_pool_round(ref_utils) -> Iterator[None]:
         ref_utils._collect_all_images = collect
 
 
-class _PoolState:
-    """The pools as comparable state: ours decoded from memory, the reference's read back from its PNGs."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def state_dict(self):
-        return {"images": self.fn()}
-
-
-def _pool_states(ours, pool_dir: Path, ref_utils) -> tuple[_PoolState, _PoolState]:
-    """Our pool and the released one (its PNGs in write order), as comparable states."""
+def _pool_states(ours, pool_dir: Path, ref_utils) -> tuple[StateView, StateView]:
+    """Our pool (decoded from memory) and the released one (its PNGs read back in write order), as comparable
+    states."""
 
     def ref_pool():
         import numpy as np
@@ -179,7 +170,8 @@ def _pool_states(ours, pool_dir: Path, ref_utils) -> tuple[_PoolState, _PoolStat
         arr = np.stack([np.asarray(Image.open(f)) for f in files]).transpose(0, 3, 1, 2)
         return torch.from_numpy(arr.copy()).to(torch.float64) / 255
 
-    return _PoolState(lambda: ours.pool.decode(ours.pool.images[:len(ours.pool)]).double()), _PoolState(ref_pool)
+    return (StateView(lambda: ours.pool.decode(ours.pool.images[:len(ours.pool)]).double(), "images"),
+            StateView(ref_pool, "images"))
 
 
 def build(problem: Problem, path) -> Sides:

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from .capture import caller_locals, locals_at_step, returns_of
-from .core import Problem, Sides, Tape, copy_state
-from .deepinv import _cifar_transform, _in_process_loader, _PoolState, _prepare_draws, _written_order
+from .core import Problem, Sides, StateView, Tape, copy_state
+from .deepinv import _cifar_transform, _in_process_loader, _prepare_draws, _written_order
 from .fast import _Stats
 
 REPO = "tmtuan1307/NAYER"
@@ -236,17 +236,12 @@ def build(problem: Problem, path) -> Sides:
     def our_pool():
         return ours.pool.decode(ours.pool.images[:len(ours.pool)]).double()
 
-    class _Current:
-        """The released synthesizer's generator now (``reinit()`` replaces the module)."""
-
-        def state_dict(self):
-            return synth.generator.state_dict()
-
+    # the released generator is read when compared: its reinit() replaces the module
     return Sides(
         ours_iteration=ours_iteration, ref_iteration=ref_iteration,
-        modules={"student": (ours.student, student), "generator": (ours.generator, _Current(), generator_name),
+        modules={"student": (ours.student, student), "generator": (ours.generator, StateView(lambda: synth.generator.state_dict()), generator_name),
                  "bn_mmt": (_Stats(lambda: ours.bn_prior.average), _Stats(lambda: [h.mmt for h in synth.hooks])),
-                 "pool": (_PoolState(our_pool), _PoolState(ref_pool))},
+                 "pool": (StateView(our_pool, "images"), StateView(ref_pool, "images"))},
         options=options,
         reference={"repo": REPO, "entry": "datafree.synthesis.NAYER + datafree_kd.train",
                    "flags": {**SCRIPT, "warmup": WARMUP, "gwp_loops": GWP_LOOPS, "g_loops": G_LOOPS,

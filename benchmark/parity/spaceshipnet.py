@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from .capture import locals_at_each_step, locals_at_step, returns_of
-from .core import ParityError, Problem, Sides, Tape, copy_state
+from .core import ParityError, Problem, Sides, StateView, Tape, copy_state
 from .deepinv import _in_process_loader, _sampler_draws_remainder
 
 REPO = "skgyu/SpaceshipNet"
@@ -162,14 +162,6 @@ class _Numpy(types.ModuleType):
 
     def __getattr__(self, name):
         return getattr(np, name)
-
-
-class _State:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def state_dict(self) -> dict:
-        return self.fn()
 
 
 def generator_name(key: str) -> str:
@@ -347,8 +339,8 @@ def build(problem: Problem, path) -> Sides:
 
     def pool_state(level: int):
         ours_pool = ours.feature_pools[level]
-        return (_State(lambda: {"features": ours_pool.images[:ours_pool.count].double()}),
-                _State(lambda: getattr(m, f"data_pool{level}").state_dict()))
+        return (StateView(lambda: ours_pool.images[:ours_pool.count].double(), "features"),
+                StateView(lambda: getattr(m, f"data_pool{level}").state_dict()))
 
     def cleanup() -> None:
         stack.close()
