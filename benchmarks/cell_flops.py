@@ -1,0 +1,101 @@
+"""The arithmetic of the default benchmark (issue 13): FLOPs per iteration and per cell of every method's digits
+``default`` budget, the teacher's training, the total, and the time that total takes at a given rate.
+
+    python benchmarks/cell_flops.py [METHOD ...] [--rate GFLOP/s | --measure-rate]
+
+Each method is built as ``benchmarks/test_iteration.py`` builds it (random-initialised digits pair, fp32,
+channels_last off); iteration 0 runs uncounted, iteration 1 is counted (``benchmark.flops``: convolutions and
+matmuls with their backward passes) and multiplied by the budget's iterations. For pool methods whose first
+rounds differ (NAYER's warm-up rounds are cheaper) this slightly overestimates the cell. The teacher's training
+is one counted step times its steps. ``--measure-rate`` times an fp32 2048x2048 matmul on every core (an upper
+bound on what convolutions reach), run it with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+MKL_ENABLE_INSTRUCTIONS=AVX2`` to ask what an AVX2-only CPU of this clock could do at best.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from benchmark.data import get_dataset  # noqa: E402
+from benchmark.flops import count_flops  # noqa: E402
+from benchmark.models import create_model  # noqa: E402
+from benchmark.records import Cell  # noqa: E402
+from benchmark.registry import METHODS  # noqa: E402
+from benchmark.resolve import resolve_cell  # noqa: E402
+from test_iteration import build_iteration  # noqa: E402
+
+
+def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
+    """fp32 GFLOP/s of an n x n matmul with every core."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def teacher_flops(dataset: str = "digits") -> tuple[int, int]:
+    """(FLOPs of one training step of the dataset's default teacher, number of steps in its recipe)."""
+    spec = get_dataset(dataset)
+    recipe = spec.teacher_recipe
+    model = create_model(spec.default_teacher, spec.num_classes, spec.image_shape)
+    x = torch.randn(recipe.batch_size, *spec.image_shape)
+    y = torch.randint(0, spec.num_classes, (recipe.batch_size,))
+    step = count_flops(lambda: F.cross_entropy(model(x), y).backward())
+    steps = recipe.epochs * -(-len(spec.load("train")) // recipe.batch_size)
+    return step, steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("methods", nargs="*", help="method names or shell patterns (default: every method)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=float, help="GFLOP/s at which to convert the total into seconds")
+    rate.add_argument("--measure-rate", action="store_true", help="use this machine's fp32 matmul rate")
+    args = parser.parse_args(argv)
+
+    import methods  # noqa: F401  (registers every method)
+
+    names = [m for m in METHODS.list() if not args.methods or any(fnmatch.fnmatch(m, p) for p in args.methods)]
+    if not names:
+        print(f"error: no method matches {' '.join(args.methods)}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(os.cpu_count() or 1)
+    spec = get_dataset("digits")
+    rows = []
+    for name in names:
+        resolved = resolve_cell(Cell(name, "digits", spec.default_teacher, spec.default_student, budget="default"))
+        if resolved.run_cfg.iterations == 0:
+            continue
+        iteration, _ = build_iteration(name, "digits", "fp32", torch.device("cpu"))
+        iteration()
+        per_iteration = count_flops(iteration)
+        rows.append((name, per_iteration, resolved.run_cfg.iterations))
+        print(f"{name:14s} {per_iteration / 1e9:8.2f} GFLOP/iteration x {resolved.run_cfg.iterations:4d}"
+              f" = {per_iteration * resolved.run_cfg.iterations / 1e12:6.2f} TFLOP", flush=True)
+    step, steps = teacher_flops()
+    print(f"{'teacher':14s} {step / 1e9:8.2f} GFLOP/step      x {steps:4d} = {step * steps / 1e12:6.2f} TFLOP")
+    total = sum(f * n for _, f, n in rows) + step * steps
+    print(f"total {total / 1e12:.1f} TFLOP (convolutions and matmuls)")
+    gflops = matmul_rate() if args.measure_rate else args.rate
+    if gflops:
+        print(f"at {gflops:.0f} GFLOP/s{' (fp32 matmul, every core, measured here)' if args.measure_rate else ''}: "
+              f"{total / gflops / 1e9:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
