@@ -4,7 +4,7 @@ import pkgutil
 import pytest
 
 import methods
-from benchmark.registry import METHODS, MODELS, DATASETS, Registry, UnknownNameError
+from benchmark.registry import METHODS, MODELS, DATASETS, Registry, UnknownNameError, load_plugins
 
 
 def test_register_get_list_and_patterns():
@@ -55,6 +55,7 @@ def test_every_method_module_registers_something():
 
 
 def test_default_registries_are_populated():
+    load_plugins()          # datasets register when benchmark.data is imported; alone, nothing else imports it
     assert "cpsc-dfkd" in METHODS
     assert {"cnn_wide", "cnn_narrow"} <= set(MODELS)
     assert "digits" in DATASETS
