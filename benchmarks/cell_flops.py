@@ -32,6 +32,7 @@ from benchmark.models import create_model  # noqa: E402
 from benchmark.records import Cell  # noqa: E402
 from benchmark.registry import METHODS  # noqa: E402
 from benchmark.resolve import resolve_cell  # noqa: E402
+from default_run import machine  # noqa: E402
 from test_iteration import build_iteration  # noqa: E402
 
 
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(f * n for _, f, n in rows) + step * steps
     print(f"total {total / 1e12:.1f} TFLOP (convolutions and matmuls)")
     gflops = matmul_rate() if args.measure_rate else args.rate
+    if args.measure_rate:
+        limits = " ".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                                                           "MKL_ENABLE_INSTRUCTIONS") if k in os.environ)
+        print(f"machine: {machine()}{'; ' + limits if limits else ''}")
     if gflops:
         print(f"at {gflops:.0f} GFLOP/s{' (fp32 matmul, every core, measured here)' if args.measure_rate else ''}: "
               f"{total / gflops / 1e9:.0f} s")
