@@ -4,10 +4,11 @@
     python benchmarks/cell_flops.py [METHOD ...] [--rate GFLOP/s | --measure-rate]
 
 Each method is built as ``benchmarks/test_iteration.py`` builds it (random-initialised digits pair, fp32,
-channels_last off); iteration 0 runs uncounted, iteration 1 is counted (``benchmark.flops``: convolutions and
-matmuls with their backward passes) and multiplied by the budget's iterations. For pool methods whose first
-rounds differ (NAYER's warm-up rounds are cheaper) this slightly overestimates the cell. The teacher's training
-is one counted step times its steps. ``--measure-rate`` times an fp32 2048x2048 matmul on every core (an upper
+channels_last off) and its iterations are counted (``benchmark.flops``: convolutions and matmuls with their
+backward passes): every iteration of a budget of at most ``--exact-up-to`` iterations (the synthesis-round
+methods, whose rounds differ: NAYER's first four cost 1.5x the rest, CMI's grow with its pool), otherwise
+iteration 1 times the budget's iterations (the generator methods, whose iterations all do the same work). The
+teacher's training is one counted step times its steps. ``--measure-rate`` times an fp32 2048x2048 matmul on every core (an upper
 bound on what convolutions reach), run it with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 MKL_ENABLE_INSTRUCTIONS=AVX2`` to ask what an AVX2-only CPU of this clock could do at best.
 """
@@ -63,6 +64,8 @@ def teacher_flops(dataset: str = "digits") -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("methods", nargs="*", help="method names or shell patterns (default: every method)")
+    parser.add_argument("--exact-up-to", type=int, default=50, metavar="N",
+                        help="count every iteration of budgets of at most N iterations (default 50)")
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument("--rate", type=float, help="GFLOP/s at which to convert the total into seconds")
     rate.add_argument("--measure-rate", action="store_true", help="use this machine's fp32 matmul rate")
@@ -82,14 +85,20 @@ def main(argv: list[str] | None = None) -> int:
         if resolved.run_cfg.iterations == 0:
             continue
         iteration, _ = build_iteration(name, "digits", "fp32", torch.device("cpu"))
-        iteration()
-        per_iteration = count_flops(iteration)
-        rows.append((name, per_iteration, resolved.run_cfg.iterations))
-        print(f"{name:14s} {per_iteration / 1e9:8.2f} GFLOP/iteration x {resolved.run_cfg.iterations:4d}"
-              f" = {per_iteration * resolved.run_cfg.iterations / 1e12:6.2f} TFLOP", flush=True)
+        n = resolved.run_cfg.iterations
+        if n <= args.exact_up_to:
+            cell = sum(count_flops(iteration) for _ in range(n))
+            how = "every iteration counted"
+        else:
+            iteration()
+            cell = count_flops(iteration) * n
+            how = "iteration 1 x iterations"
+        rows.append((name, cell))
+        print(f"{name:14s} {cell / n / 1e9:8.2f} GFLOP/iteration (mean) x {n:4d} = {cell / 1e12:6.2f} TFLOP ({how})",
+              flush=True)
     step, steps = teacher_flops()
-    print(f"{'teacher':14s} {step / 1e9:8.2f} GFLOP/step      x {steps:4d} = {step * steps / 1e12:6.2f} TFLOP")
-    total = sum(f * n for _, f, n in rows) + step * steps
+    print(f"{'teacher':14s} {step / 1e9:8.2f} GFLOP/step             x {steps:4d} = {step * steps / 1e12:6.2f} TFLOP")
+    total = sum(cell for _, cell in rows) + step * steps
     print(f"total {total / 1e12:.1f} TFLOP (convolutions and matmuls)")
     gflops = matmul_rate() if args.measure_rate else args.rate
     if args.measure_rate:
