@@ -1,7 +1,7 @@
 """The arithmetic of the default benchmark (issue 13): FLOPs per iteration and per cell of every method's digits
 ``default`` budget, the teacher's training, the total, and the time that total takes at a given rate.
 
-    python benchmarks/cell_flops.py [METHOD ...] [--rate GFLOP/s | --measure-rate]
+    python benchmarks/cell_flops.py [--methods SELECTION] [--rate GFLOP/s | --measure-rate]
 
 Each method is built as ``benchmarks/test_iteration.py`` builds it (random-initialised digits pair, fp32,
 channels_last off) and its iterations are counted (``benchmark.flops``: convolutions and matmuls with their
@@ -15,7 +15,6 @@ MKL_ENABLE_INSTRUCTIONS=AVX2`` to ask what an AVX2-only CPU of this clock could 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ from benchmark.data import get_dataset  # noqa: E402
 from benchmark.flops import count_flops  # noqa: E402
 from benchmark.models import create_model  # noqa: E402
 from benchmark.records import Cell  # noqa: E402
-from benchmark.registry import METHODS  # noqa: E402
+from benchmark.registry import METHODS, UnknownNameError  # noqa: E402
 from benchmark.resolve import resolve_cell  # noqa: E402
 from default_run import machine  # noqa: E402
 from test_iteration import build_iteration  # noqa: E402
@@ -63,23 +62,27 @@ def teacher_flops(dataset: str = "digits") -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("methods", nargs="*", help="method names or shell patterns (default: every method)")
+    parser.add_argument("--methods", default="all",
+                        help="as run's --methods: 'all', a comma list, or shell patterns (default: all)")
     parser.add_argument("--exact-up-to", type=int, default=50, metavar="N",
                         help="count every iteration of budgets of at most N iterations (default 50)")
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument("--rate", type=float, help="GFLOP/s at which to convert the total into seconds")
     rate.add_argument("--measure-rate", action="store_true", help="use this machine's fp32 matmul rate")
     args = parser.parse_args(argv)
+    if args.rate is not None and args.rate <= 0:
+        parser.error(f"--rate must be positive, got {args.rate}")
 
     import methods  # noqa: F401  (registers every method)
 
-    names = [m for m in METHODS.list() if not args.methods or any(fnmatch.fnmatch(m, p) for p in args.methods)]
-    if not names:
-        print(f"error: no method matches {' '.join(args.methods)}", file=sys.stderr)
+    try:
+        names = METHODS.select(args.methods)
+    except UnknownNameError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(os.cpu_count() or 1)
     spec = get_dataset("digits")
-    rows = []
+    total = 0
     for name in names:
         resolved = resolve_cell(Cell(name, "digits", spec.default_teacher, spec.default_student, budget="default"))
         if resolved.run_cfg.iterations == 0:
@@ -93,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             iteration()
             cell = count_flops(iteration) * n
             how = "iteration 1 x iterations"
-        rows.append((name, cell))
+        total += cell
         print(f"{name:14s} {cell / n / 1e9:8.2f} GFLOP/iteration (mean) x {n:4d} = {cell / 1e12:6.2f} TFLOP ({how})",
               flush=True)
     step, steps = teacher_flops()
     print(f"{'teacher':14s} {step / 1e9:8.2f} GFLOP/step             x {steps:4d} = {step * steps / 1e12:6.2f} TFLOP")
-    total = sum(cell for _, cell in rows) + step * steps
+    total += step * steps
     print(f"total {total / 1e12:.1f} TFLOP (convolutions and matmuls)")
     gflops = matmul_rate() if args.measure_rate else args.rate
     if args.measure_rate:
